@@ -1,0 +1,5 @@
+import sys
+
+from ssamba.cli import main
+
+sys.exit(main())
