@@ -15,7 +15,6 @@ from collections.abc import Sequence
 # command name -> module implementing it
 COMMANDS: dict[str, str] = {
     "info": "ssamba.info",
-    "demo": "ssamba.demo",
 }
 
 

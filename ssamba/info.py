@@ -1,0 +1,37 @@
+"""Show the ssamba version, torch build, device and which selective-scan backends are usable.
+
+examples:
+  ssamba info
+  SSAMBA_SCAN=ref ssamba info      # see which backend an override selects
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+
+import torch
+
+import ssamba
+from ssamba.models.scan import backend_status, resolve_backend
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="device to report the scan choice for (default: cuda if available, else cpu)")
+
+
+def main(args: argparse.Namespace) -> int:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available"
+    print(f"ssamba        {ssamba.__version__}")
+    print(f"python        {platform.python_version()} ({platform.machine()})")
+    print(f"torch         {torch.__version__} (threads: {torch.get_num_threads()})")
+    print(f"cuda          {cuda}")
+    print("scan backends:")
+    for name, reason in backend_status().items():
+        print(f"  {name:<10} {'usable' if reason is None else 'unavailable: ' + reason}")
+    override = os.environ.get("SSAMBA_SCAN")
+    chosen = resolve_backend(None, device)
+    print(f"scan on {device.type:<5} {chosen}" + (f" (from SSAMBA_SCAN={override})" if override else " (automatic)"))
+    return 0
