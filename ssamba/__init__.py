@@ -16,6 +16,16 @@ _EXPORTS: dict[str, str] = {
     "EncoderConfig": "ssamba.models.encoder",
     "available_presets": "ssamba.models.encoder",
     "preset_config": "ssamba.models.encoder",
+    "fbank": "ssamba.audio.fbank",
+    "normalize": "ssamba.audio.fbank",
+    "FeatureConfig": "ssamba.audio.fbank",
+    "load_audio": "ssamba.audio.io",
+    "make_loader": "ssamba.data.stream",
+    "load_encoder": "ssamba.interop.checkpoints",
+    "load_pretraining_model": "ssamba.interop.checkpoints",
+    "MaskedPatchModel": "ssamba.models.masked",
+    "ObjectiveConfig": "ssamba.models.masked",
+    "PretrainOutput": "ssamba.models.masked",
 }
 
 __all__ = ["__version__", *_EXPORTS]
