@@ -15,6 +15,12 @@ from collections.abc import Sequence
 # command name -> module implementing it
 COMMANDS: dict[str, str] = {
     "info": "ssamba.info",
+    "shards": "ssamba.data.shards",
+    "stats": "ssamba.data.stats",
+    "pretrain": "ssamba.train.pretrain",
+    "export": "ssamba.interop.export",
+    "import": "ssamba.interop.import_official",
+    "embed": "ssamba.interop.embed",
 }
 
 

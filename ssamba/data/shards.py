@@ -1,0 +1,431 @@
+"""Write WebDataset tar shards of 16 kHz mono FLAC + JSON metadata from an audio corpus.
+
+examples:
+  ssamba shards librispeech /data/LibriSpeech/train-clean-100 -o shards/ls100
+  ssamba shards audioset /data/audioset/clips -o shards/as-bal \\
+      --segments balanced_train_segments.csv --labels class_labels_indices.csv
+  ssamba shards folder ./my_audio -o shards/mine --labels-from-dirs --max-count 500
+  ssamba shards ast_json audioset_librispeech.json -o shards/mix --labels class_labels_indices.csv
+  ssamba shards manifest clips.jsonl -o shards/clips --max-bytes 500M --workers 8
+  ssamba shards folder ./my_audio -o shards/mine-fbank --fbank     # precomputed float16 fbank
+
+Each sample is ``<key>.flac`` (or ``<key>.fbank.npy`` with --fbank) plus ``<key>.json``
+(source, path, duration, labels, original rate/channels, corpus extras). Shards are named
+``<prefix>-000000.tar`` ... and filled in input order up to --max-count samples / --max-bytes.
+Decoding runs in --workers processes; the output is byte-identical for the same inputs.
+A rerun with the same inputs skips the shards already finished (progress.jsonl). At the end,
+index.json lists the shards, counts and hours, and rejects.jsonl names every input that was
+skipped (missing / empty / unreadable / too_short / non_finite) and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import sys
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ssamba.audio.fbank import FeatureConfig
+from ssamba.audio.io import AudioDecodeError, decode_file, encode_flac, resample
+from ssamba.data.sources import AudioRecord, ast_json, audioset, folder, librispeech, manifest
+
+INDEX_FORMAT = "ssamba-shards/1"
+INDEX_FILE = "index.json"
+REJECTS_FILE = "rejects.jsonl"
+PROGRESS_FILE = "progress.jsonl"
+PLAN_FILE = "plan.json"
+TAR_BLOCK = 512
+TAR_END_BYTES = 2 * TAR_BLOCK  # two zero blocks close a tar
+DETERMINISTIC_MTIME = 0
+SECONDS_PER_HOUR = 3600.0
+REJECT_REASONS = ("missing", "empty", "unreadable", "too_short", "non_finite")
+SIZE_SUFFIXES = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """How records become shards. ``fbank=True`` stores float16 Kaldi fbank instead of FLAC."""
+
+    sample_rate: int = 16000
+    max_count: int = 1000
+    max_bytes: int = 1_000_000_000
+    min_seconds: float = 0.3
+    prefix: str = "shard"
+    fbank: bool = False
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_count < 1 or self.max_bytes < 1:
+            raise ValueError(f"max_count and max_bytes must be >= 1, got {self.max_count}, {self.max_bytes}")
+        if self.fbank and self.features.sample_rate != self.sample_rate:
+            raise ValueError(f"fbank shards need features.sample_rate == sample_rate ({self.sample_rate})")
+
+    def fingerprint_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["features"] = self.features.kaldi_options if self.fbank else None
+        return out
+
+
+@dataclass
+class Encoded:
+    """A record ready for the tar: its members (extension -> bytes) and its metadata."""
+
+    index: int
+    key: str
+    members: dict[str, bytes]
+    meta: dict[str, object]
+
+
+@dataclass
+class Reject:
+    """A record the writer skipped, and why (one of :data:`REJECT_REASONS`)."""
+
+    index: int
+    path: str
+    source: str
+    reason: str
+    detail: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"path": self.path, "source": self.source, "reason": self.reason, "detail": self.detail}
+
+
+def _tar_member_size(data: bytes) -> int:
+    return TAR_BLOCK + -(-len(data) // TAR_BLOCK) * TAR_BLOCK
+
+
+def _tar_file_size(content_bytes: int) -> int:
+    """Size of a tar holding members of ``content_bytes`` (headers included): end blocks + record padding."""
+    return -(-(content_bytes + TAR_END_BYTES) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
+def encode_record(index: int, record: AudioRecord, options: ShardOptions) -> Encoded | Reject:
+    """Decode, check and encode one record (runs in a worker process)."""
+
+    def reject(reason: str, detail: str) -> Reject:
+        return Reject(index, record.rel_path, record.source, reason, detail)
+
+    if record.problem:
+        reason, _, detail = record.problem.partition(": ")
+        return reject(reason if reason in REJECT_REASONS else "unreadable", detail or record.problem)
+    try:
+        if os.path.getsize(record.path) == 0:
+            return reject("empty", "file has 0 bytes")
+        audio, rate, channels = decode_file(record.path)
+    except (OSError, AudioDecodeError) as exc:
+        return reject("unreadable", str(exc))
+    if audio.size == 0:
+        return reject("empty", "no audio samples")
+    if not np.isfinite(audio).all():
+        bad = int((~np.isfinite(audio)).sum())
+        return reject("non_finite", f"{bad} of {audio.size} samples are NaN or infinite")
+    audio = resample(audio, rate, options.sample_rate)
+    duration = audio.size / options.sample_rate
+    if duration < options.min_seconds:
+        return reject("too_short", f"{duration:.3f} s < min_seconds {options.min_seconds}")
+    meta: dict[str, object] = {
+        **record.extra,
+        "key": record.key,
+        "source": record.source,
+        "path": record.rel_path,
+        "duration": round(duration, 6),
+        "sample_rate": options.sample_rate,
+        "original_sample_rate": rate,
+        "original_channels": channels,
+        "labels": record.labels,
+    }
+    members: dict[str, bytes] = {}
+    if options.fbank:
+        raw = options.features.raw_fbank(torch.from_numpy(np.clip(audio, -1.0, 1.0)))
+        buffer = io.BytesIO()
+        np.save(buffer, raw.numpy().astype(np.float16))
+        members["fbank.npy"] = buffer.getvalue()
+        meta["fbank"] = options.features.kaldi_options
+    else:
+        members["flac"] = encode_flac(audio, options.sample_rate)
+    members["json"] = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return Encoded(index, record.key, members, meta)
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _encode_task(task: tuple[int, AudioRecord, ShardOptions]) -> Encoded | Reject:
+    return encode_record(*task)
+
+
+class _TarShard:
+    """A shard being written to ``<name>.tmp``; renamed to ``<name>`` on close (atomic)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+        self.tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)
+        self.count = 0
+        self.seconds = 0.0
+        self.content_bytes = 0
+        self.sources: Counter[str] = Counter()
+
+    def add(self, sample: Encoded) -> None:
+        for ext, data in sample.members.items():
+            info = tarfile.TarInfo(f"{sample.key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), DETERMINISTIC_MTIME, 0o644
+            self.tar.addfile(info, io.BytesIO(data))
+            self.content_bytes += _tar_member_size(data)
+        self.count += 1
+        self.seconds += float(sample.meta["duration"])
+        self.sources[str(sample.meta["source"])] += 1
+
+    def close(self) -> int:
+        self.tar.close()
+        os.replace(self.tmp, self.path)
+        return self.path.stat().st_size
+
+
+def _fingerprint(records: list[AudioRecord], options: ShardOptions) -> str:
+    digest = hashlib.sha256(json.dumps(options.fingerprint_dict(), sort_keys=True, default=str).encode())
+    for record in records:
+        item = [record.key, record.rel_path, record.labels, record.extra, record.problem, record.source]
+        digest.update(json.dumps(item, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _check_unique_keys(records: list[AudioRecord]) -> None:
+    seen: dict[str, str] = {}
+    for record in records:
+        if record.key in seen:
+            raise ValueError(
+                f"two inputs map to the sample key {record.key!r}: {seen[record.key]} and {record.rel_path}; "
+                "rename one (keys are the paths with unsafe characters replaced by '_')"
+            )
+        seen[record.key] = record.rel_path
+
+
+def _load_progress(out_dir: Path) -> list[dict[str, object]]:
+    """Finished spans from an earlier run, up to the first one whose shard is missing or damaged."""
+    progress_path = out_dir / PROGRESS_FILE
+    if not progress_path.exists():
+        return []
+    done: list[dict[str, object]] = []
+    for line in progress_path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        shard = entry.get("shard")
+        if shard is not None:
+            path = out_dir / str(shard["name"])
+            if not path.exists() or path.stat().st_size != shard["bytes"]:
+                break
+        done.append(entry)
+    return done
+
+
+def _prepare_output(out_dir: Path, prefix: str, fingerprint: str, n_records: int, overwrite: bool) -> list[dict[str, object]]:
+    """Create/validate the output folder; return the finished spans to skip.
+
+    Only files this writer owns are removed: ``<prefix>-*.tar(.tmp)`` and its bookkeeping files.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ours = [*out_dir.glob(f"{prefix}-*.tar"), *out_dir.glob(f"{prefix}-*.tar.tmp")]
+    plan_path = out_dir / PLAN_FILE
+    if plan_path.exists() and not overwrite:
+        plan = json.loads(plan_path.read_text(encoding="utf-8"))
+        if plan.get("fingerprint") != fingerprint:
+            raise ValueError(
+                f"{out_dir} holds shards written from other inputs or options ({plan_path}); "
+                "choose another output folder or pass --overwrite"
+            )
+        done = _load_progress(out_dir)
+    else:
+        for name in (PROGRESS_FILE, INDEX_FILE, REJECTS_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+        plan_path.write_text(json.dumps({"fingerprint": fingerprint, "records": n_records}) + "\n", encoding="utf-8")
+        done = []
+    # Rewrite progress to the valid prefix, and drop shards that belong to later (redone) spans.
+    keep = {str(entry["shard"]["name"]) for entry in done if entry.get("shard")}
+    for path in ours:
+        if path.name not in keep:
+            path.unlink()
+    (out_dir / PROGRESS_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in done), encoding="utf-8")
+    return done
+
+
+def _brace_pattern(names: list[str], prefix: str) -> str | None:
+    if not names:
+        return None
+    first, last = names[0][len(prefix) + 1 : -4], names[-1][len(prefix) + 1 : -4]
+    return f"{prefix}-{{{first}..{last}}}.tar" if first != last else names[0]
+
+
+def write_shards(
+    records: list[AudioRecord],
+    out_dir: str | Path,
+    options: ShardOptions = ShardOptions(),
+    workers: int = 1,
+    overwrite: bool = False,
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+) -> dict[str, object]:
+    """Encode ``records`` into shards under ``out_dir``; returns the index (also saved as index.json)."""
+    out_dir = Path(out_dir)
+    _check_unique_keys(records)
+    fingerprint = _fingerprint(records, options)
+    done = _prepare_output(out_dir, options.prefix, fingerprint, len(records), overwrite)
+    start = int(done[-1]["end"]) if done else 0
+    if done:
+        log(f"resuming at input {start} of {len(records)} ({sum(1 for e in done if e.get('shard'))} shards done)")
+    shard_number = sum(1 for entry in done if entry.get("shard"))
+    progress_file = open(out_dir / PROGRESS_FILE, "a", encoding="utf-8")
+
+    current: _TarShard | None = None
+    pending_rejects: list[Reject] = []
+    span_start = start
+
+    def finish(end: int) -> None:
+        nonlocal current, pending_rejects, span_start, shard_number
+        entry: dict[str, object] = {"start": span_start, "end": end, "shard": None}
+        if current is not None:
+            size = current.close()
+            entry["shard"] = {
+                "name": current.path.name, "count": current.count, "seconds": round(current.seconds, 6),
+                "bytes": size, "sources": dict(current.sources),
+            }
+            log(f"{current.path.name}: {current.count} clips, {current.seconds / SECONDS_PER_HOUR:.3f} h, {size / 1e6:.1f} MB")
+            shard_number += 1
+            current = None
+        entry["rejects"] = [r.to_dict() for r in pending_rejects]
+        progress_file.write(json.dumps(entry) + "\n")
+        progress_file.flush()
+        os.fsync(progress_file.fileno())
+        done.append(entry)
+        pending_rejects, span_start = [], end
+
+    tasks = ((i, records[i], options) for i in range(start, len(records)))
+    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker) if workers > 1 else None
+    try:
+        results: Iterable[Encoded | Reject] = (
+            pool.imap(_encode_task, tasks, chunksize=4) if pool else map(_encode_task, tasks)
+        )
+        for result in results:
+            if isinstance(result, Reject):
+                pending_rejects.append(result)
+                continue
+            size = sum(_tar_member_size(data) for data in result.members.values())
+            if current is not None and (current.count >= options.max_count or _tar_file_size(current.content_bytes + size) > options.max_bytes):
+                finish(result.index)
+            if current is None:
+                current = _TarShard(out_dir / f"{options.prefix}-{shard_number:06d}.tar")
+            current.add(result)
+        if current is not None or pending_rejects:
+            finish(len(records))
+    finally:
+        if pool is not None:
+            pool.terminate()
+        progress_file.close()
+        if current is not None:
+            current.tar.close()
+            current.tmp.unlink(missing_ok=True)
+    return _write_index(out_dir, done, options, len(records))
+
+
+def _write_index(out_dir: Path, done: list[dict[str, object]], options: ShardOptions, n_records: int) -> dict[str, object]:
+    shards = [entry["shard"] for entry in done if entry.get("shard")]
+    rejects = [reject for entry in done for reject in entry["rejects"]]
+    with open(out_dir / REJECTS_FILE, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(reject, ensure_ascii=False) + "\n" for reject in rejects)
+    per_source: Counter[str] = Counter()
+    for shard in shards:
+        per_source.update(shard["sources"])
+    names = [str(shard["name"]) for shard in shards]
+    index: dict[str, object] = {
+        "format": INDEX_FORMAT,
+        "content": "fbank" if options.fbank else "flac",
+        "sample_rate": options.sample_rate,
+        "inputs": n_records,
+        "count": sum(int(shard["count"]) for shard in shards),
+        "seconds": round(sum(float(shard["seconds"]) for shard in shards), 3),
+        "hours": round(sum(float(shard["seconds"]) for shard in shards) / SECONDS_PER_HOUR, 6),
+        "bytes": sum(int(shard["bytes"]) for shard in shards),
+        "sources": dict(sorted(per_source.items())),
+        "pattern": _brace_pattern(names, options.prefix),
+        "shards": shards,
+        "rejects": {"count": len(rejects), "by_reason": dict(Counter(r["reason"] for r in rejects)), "file": REJECTS_FILE},
+        "options": {k: v for k, v in options.fingerprint_dict().items() if k != "features"},
+    }
+    if options.fbank:
+        index["fbank"] = options.features.kaldi_options
+    (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
+    return index
+
+
+# --- command line -----------------------------------------------------------------------------
+
+SOURCES: dict[str, Callable[[argparse.Namespace], list[AudioRecord]]] = {
+    "librispeech": lambda a: librispeech.scan(a.input),
+    "audioset": lambda a: audioset.scan(a.input, a.segments or [], _require(a.labels, "audioset needs --labels class_labels_indices.csv")),
+    "folder": lambda a: folder.scan(a.input, labels_from_dirs=a.labels_from_dirs),
+    "ast_json": lambda a: ast_json.scan(a.input, a.labels),
+    "manifest": lambda a: manifest.scan(a.input, a.labels),
+}
+
+
+def _require(value: str | None, message: str) -> str:
+    if not value:
+        raise ValueError(message)
+    return value
+
+
+def parse_size(text: str) -> int:
+    """'500M', '2G', '1000000' -> bytes (decimal units)."""
+    text = text.strip().upper().removesuffix("B")
+    factor = SIZE_SUFFIXES.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in SIZE_SUFFIXES else text
+    try:
+        return int(float(number) * factor)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a size like 500M or 2G, got {text!r}") from exc
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", choices=sorted(SOURCES), help="input layout")
+    parser.add_argument("input", help="dataset root / clips folder / JSON datafile / manifest")
+    parser.add_argument("-o", "--output", required=True, help="output folder for the shards")
+    parser.add_argument("--segments", action="append", help="audioset: a segment CSV (repeat for balanced/unbalanced/eval)")
+    parser.add_argument("--labels", help="class_labels_indices.csv (audioset: required; ast_json/manifest: maps mids to indices)")
+    parser.add_argument("--labels-from-dirs", action="store_true", help="folder: label = first sub-folder name")
+    parser.add_argument("--max-count", type=int, default=ShardOptions.max_count, help="samples per shard (default %(default)s)")
+    parser.add_argument("--max-bytes", type=parse_size, default=ShardOptions.max_bytes, help="bytes per shard, e.g. 500M (default 1G)")
+    parser.add_argument("--min-seconds", type=float, default=ShardOptions.min_seconds, help="reject shorter clips (default %(default)s)")
+    parser.add_argument("--sample-rate", type=int, default=ShardOptions.sample_rate, help="output rate in Hz (default %(default)s)")
+    parser.add_argument("--prefix", default=ShardOptions.prefix, help="shard file prefix (default %(default)s)")
+    parser.add_argument("--fbank", action="store_true", help="store precomputed float16 SSAMBA fbank instead of FLAC")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: all cores)")
+    parser.add_argument("--overwrite", action="store_true", help="replace shards written from other inputs/options")
+
+
+def main(args: argparse.Namespace) -> int:
+    records = SOURCES[args.source](args)
+    options = ShardOptions(
+        sample_rate=args.sample_rate, max_count=args.max_count, max_bytes=args.max_bytes,
+        min_seconds=args.min_seconds, prefix=args.prefix, fbank=args.fbank,
+        features=FeatureConfig(sample_rate=args.sample_rate),
+    )
+    index = write_shards(records, args.output, options, workers=args.workers, overwrite=args.overwrite)
+    rejects = index["rejects"]
+    print(
+        f"{len(index['shards'])} shards, {index['count']} clips, {index['hours']:.3f} h in {args.output}; "
+        f"{rejects['count']} rejected {rejects['by_reason']} (see {Path(args.output) / REJECTS_FILE})"
+    )
+    return 0

@@ -1,0 +1,130 @@
+"""Compute the log-mel mean/std of a shard set (for FeatureConfig(mean=..., std=...)).
+
+examples:
+  ssamba stats shards/audioset shards/librispeech --max-clips 20000 -o stats.json
+  ssamba stats 'shards/esc50/shard-{000000..000009}.tar' --target-length 512
+  ssamba stats shards/mine --exclude-padding        # statistics of real frames only
+
+Features are the SSAMBA fbank (mean-removed waveform, 128 bins, 10 ms hop), zero-padded or cut at
+the end to --target-length frames. With padding included (default) the numbers are comparable to
+the published presets, which were computed on padded inputs; --exclude-padding uses only the
+clip's own frames. Mean and std are exact over all values (float64 sums), clips taken in shard
+order. Unreadable samples are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import multiprocessing
+import sys
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ssamba.audio.fbank import FeatureConfig, pad_or_crop
+from ssamba.audio.io import decode_bytes
+from ssamba.data.stream import AUDIO_MEMBER_EXTENSIONS, FBANK_MEMBER, expand_shards, iter_tar_samples
+
+ClipSums = tuple[float, float, int]  # (sum, sum of squares, number of values)
+
+
+def _clip_frames(sample: dict[str, object], features: FeatureConfig, include_padding: bool) -> torch.Tensor:
+    if FBANK_MEMBER in sample:
+        raw = torch.from_numpy(np.load(io.BytesIO(sample[FBANK_MEMBER]))).float()
+    else:
+        ext = next((e for e in AUDIO_MEMBER_EXTENSIONS if e in sample), None)
+        if ext is None:
+            raise ValueError("no audio or fbank member")
+        raw = features.raw_fbank(features.crop_waveform(decode_bytes(sample[ext], features.sample_rate)))
+    if include_padding:
+        return pad_or_crop(raw, features.target_length, "start")
+    return raw[: features.target_length]
+
+
+def shard_sums(shard: str, features: FeatureConfig, include_padding: bool, max_clips: int | None) -> tuple[list[ClipSums], int]:
+    """Per-clip (sum, sumsq, count) of one shard's features, and the number of skipped samples."""
+    sums: list[ClipSums] = []
+    skipped = 0
+    try:
+        for sample in iter_tar_samples(shard):
+            if max_clips is not None and len(sums) >= max_clips:
+                break
+            try:
+                frames = _clip_frames(sample, features, include_padding).double()
+            except Exception as exc:
+                print(f"skipping {sample.get('__key__')} in {shard}: {exc}", file=sys.stderr)
+                skipped += 1
+                continue
+            if frames.numel() == 0 or not torch.isfinite(frames).all():
+                skipped += 1
+                continue
+            sums.append((float(frames.sum()), float(frames.pow(2).sum()), frames.numel()))
+    except (OSError, EOFError, tarfile.TarError) as exc:
+        print(f"skipping the rest of {shard}: {exc}", file=sys.stderr)
+        skipped += 1
+    return sums, skipped
+
+
+def _task(args: tuple[str, FeatureConfig, bool, int | None]) -> tuple[list[ClipSums], int]:
+    torch.set_num_threads(1)
+    return shard_sums(*args)
+
+
+def compute_stats(
+    shards: object, features: FeatureConfig = FeatureConfig(), max_clips: int | None = None,
+    include_padding: bool = True, workers: int = 1,
+) -> dict[str, object]:
+    """Mean/std of the (padded) log-mel over the first ``max_clips`` clips of ``shards``."""
+    paths = expand_shards(shards)
+    tasks = [(path, features, include_padding, max_clips) for path in paths]
+    total, total_sq, count, clips, skipped = 0.0, 0.0, 0, 0, 0
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    try:
+        for clip_sums, shard_skipped in (pool.imap(_task, tasks) if pool else map(_task, tasks)):
+            skipped += shard_skipped
+            for clip_sum, clip_sq, n in clip_sums:
+                if max_clips is not None and clips >= max_clips:
+                    break
+                total, total_sq, count, clips = total + clip_sum, total_sq + clip_sq, count + n, clips + 1
+            if max_clips is not None and clips >= max_clips:
+                break
+    finally:
+        if pool is not None:
+            pool.terminate()
+    if count == 0:
+        raise ValueError(f"no readable clips in {len(paths)} shards")
+    mean = total / count
+    std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
+    return {
+        "mean": mean, "std": std, "clips": clips, "values": count, "skipped": skipped,
+        "target_length": features.target_length, "include_padding": include_padding, "shards": len(paths),
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("shards", nargs="+", help="shard folders, index.json files, globs or brace patterns")
+    parser.add_argument("--max-clips", type=int, default=None, help="use only the first N clips (default: all)")
+    parser.add_argument("--target-length", type=int, default=FeatureConfig.target_length, help="pad/cut to this many frames (default %(default)s)")
+    parser.add_argument("--num-mel-bins", type=int, default=FeatureConfig.num_mel_bins, help="mel bins (default %(default)s)")
+    parser.add_argument("--sample-rate", type=int, default=FeatureConfig.sample_rate, help="decode rate in Hz (default %(default)s)")
+    parser.add_argument("--exclude-padding", action="store_true", help="statistics of the clips' own frames only")
+    parser.add_argument("--workers", type=int, default=1, help="processes (default %(default)s)")
+    parser.add_argument("-o", "--output", help="also write the result as JSON here")
+
+
+def main(args: argparse.Namespace) -> int:
+    features = replace(
+        FeatureConfig(), target_length=args.target_length, num_mel_bins=args.num_mel_bins, sample_rate=args.sample_rate
+    )
+    result = compute_stats(args.shards, features, args.max_clips, not args.exclude_padding, args.workers)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+    return 0

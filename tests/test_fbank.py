@@ -1,0 +1,288 @@
+"""Kaldi fbank parity (golden torchaudio values + an independent float64 reference) and features."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ssamba
+from ssamba.audio.fbank import (
+    FEATURE_PRESETS,
+    NORM_PRESETS,
+    SSAMBA_FBANK_OPTIONS,
+    FeatureConfig,
+    fbank,
+    normalize,
+    pad_or_crop,
+)
+
+GOLDEN_DIR = Path(__file__).parent / "data" / "kaldi_fbank"
+GOLDEN = np.load(GOLDEN_DIR / "kaldi_fbank_golden.npz")
+GOLDEN_CONFIGS = json.loads((GOLDEN_DIR / "kaldi_fbank_golden.json").read_text())["configs"]
+WAVE_NAMES = sorted(key.removeprefix("wave__") for key in GOLDEN.files if key.startswith("wave__"))
+LOG_EPS = math.log(np.finfo(np.float32).eps)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Per-clip tensor ops are tiny; intra-op threads only add contention on a shared 2-core box."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _golden_options(config: str) -> tuple[int, dict[str, object]]:
+    options = dict(GOLDEN_CONFIGS[config])
+    return int(options.pop("sample_frequency")), options
+
+
+@pytest.mark.parametrize("config", sorted(GOLDEN_CONFIGS))
+@pytest.mark.parametrize("name", WAVE_NAMES)
+def test_matches_torchaudio_golden_values(config: str, name: str) -> None:
+    rate, options = _golden_options(config)
+    expected = GOLDEN[f"fbank__{config}__{name}"]
+    out = fbank(torch.from_numpy(GOLDEN[f"wave__{name}"]), rate, **options)
+    assert out.dtype == torch.float32
+    assert tuple(out.shape) == expected.shape
+    diff = np.abs(out.numpy() - expected)
+    assert diff.max() <= 1e-3
+    assert diff.mean() <= 1e-5
+
+
+def test_ssamba_constants_are_the_golden_config() -> None:
+    rate, options = _golden_options("ssamba128")
+    assert rate == 16000
+    assert {k: v for k, v in SSAMBA_FBANK_OPTIONS.items()} == {**options, "frame_shift": 10.0}
+
+
+def test_empty_mel_bin_is_log_eps_like_torchaudio() -> None:
+    out = fbank(torch.from_numpy(GOLDEN["wave__noise_1s"]), 16000, **SSAMBA_FBANK_OPTIONS)
+    assert torch.all(out[:, 3] == torch.tensor(LOG_EPS, dtype=torch.float32))
+    assert out[:, 2].std() > 0.1 and out[:, 4].std() > 0.1
+
+
+def test_batched_equals_single() -> None:
+    wave = torch.from_numpy(GOLDEN["wave__mixed_10p24s"])
+    batch = torch.stack([wave[:48000], wave[48000:96000], wave[-48000:]])
+    out = fbank(batch, 16000, **SSAMBA_FBANK_OPTIONS)
+    assert out.shape == (3, 298, 128)
+    for i in range(3):
+        torch.testing.assert_close(out[i], fbank(batch[i], 16000, **SSAMBA_FBANK_OPTIONS), rtol=0, atol=1e-5)
+
+
+def test_shorter_than_one_window_gives_zero_frames() -> None:
+    assert fbank(torch.zeros(399), 16000, num_mel_bins=40).shape == (0, 40)
+    assert fbank(torch.zeros(2, 399), 16000, num_mel_bins=40, use_energy=True).shape == (2, 0, 41)
+    assert fbank(torch.zeros(1600), 16000, min_duration=0.2).shape == (0, 23)
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    with pytest.raises(TypeError, match="float tensor"):
+        fbank(torch.zeros(1000, dtype=torch.int16), 16000)
+    with pytest.raises(ValueError, match=r"\(samples,\) or \(batch, samples\)"):
+        fbank(torch.zeros(1, 1, 1000), 16000)
+    with pytest.raises(ValueError, match="window_type must be one of"):
+        fbank(torch.zeros(1000), 16000, window_type="hann")
+    with pytest.raises(ValueError, match="low_freq"):
+        fbank(torch.zeros(1000), 16000, low_freq=9000.0)
+    with pytest.raises(TypeError):
+        fbank(torch.zeros(1000), 16000, sample_frequency=16000)
+
+
+# --- independent float64 reference: a per-frame loop written straight from Kaldi's description ---
+
+
+def _ref_mel(f: float) -> float:
+    return 1127.0 * math.log(1.0 + f / 700.0)
+
+
+def _ref_warp(f: float, lo: float, hi: float, low: float, high: float, alpha: float) -> float:
+    if f < low or f > high:
+        return f
+    l, h = lo * max(1.0, alpha), hi * min(1.0, alpha)
+    if f < l:
+        return low + (l / alpha - low) / (l - low) * (f - low)
+    if f < h:
+        return f / alpha
+    return high + (high - h / alpha) / (high - h) * (f - high)
+
+
+def _reference_fbank(wave: np.ndarray, rate: int, o: dict[str, object]) -> np.ndarray:
+    size = int(rate * o.get("frame_length", 25.0) / 1000)
+    shift = int(rate * o.get("frame_shift", 10.0) / 1000)
+    nfft = 2 ** math.ceil(math.log2(size)) if o.get("round_to_power_of_two", True) else size
+    n = len(wave)
+    if o.get("snip_edges", True):
+        starts = [i * shift for i in range(1 + (n - size) // shift)] if n >= size else []
+    else:
+        starts = [i * shift + shift // 2 - size // 2 for i in range((n + shift // 2) // shift)]
+    t = np.arange(size)
+    window = {
+        "hanning": 0.5 - 0.5 * np.cos(2 * np.pi * t / (size - 1)),
+        "hamming": 0.54 - 0.46 * np.cos(2 * np.pi * t / (size - 1)),
+        "povey": (0.5 - 0.5 * np.cos(2 * np.pi * t / (size - 1))) ** 0.85,
+        "rectangular": np.ones(size),
+        "blackman": 0.42 - 0.5 * np.cos(2 * np.pi * t / (size - 1)) + 0.08 * np.cos(4 * np.pi * t / (size - 1)),
+    }[str(o.get("window_type", "povey"))]
+    bins = int(o.get("num_mel_bins", 23))
+    low, high = float(o.get("low_freq", 20.0)), float(o.get("high_freq", 0.0))
+    high = high if high > 0 else rate / 2 + high
+    vlo, vhi, alpha = float(o.get("vtln_low", 100.0)), float(o.get("vtln_high", -500.0)), float(o.get("vtln_warp", 1.0))
+    vhi = vhi if vhi > 0 else rate / 2 + vhi
+    mlo, mhi = _ref_mel(low), _ref_mel(high)
+    delta = (mhi - mlo) / (bins + 1)
+    banks = np.zeros((bins, nfft // 2 + 1))
+    for b in range(bins):
+        edges = [mlo + (b + k) * delta for k in range(3)]
+        if alpha != 1.0:
+            edges = [_ref_mel(_ref_warp(700 * (math.exp(m / 1127) - 1), vlo, vhi, low, high, alpha)) for m in edges]
+        left, center, right = edges
+        for k in range(nfft // 2):
+            m = _ref_mel(k * rate / nfft)
+            if left < m < right:
+                banks[b, k] = (m - left) / (center - left) if m <= center else (right - m) / (right - center)
+    eps = np.finfo(np.float32).eps
+    rows = []
+    for start in starts:
+        idx = np.arange(start, start + size)
+        while np.any((idx < 0) | (idx >= n)):
+            idx = np.where(idx < 0, -idx - 1, idx)
+            idx = np.where(idx >= n, 2 * n - 1 - idx, idx)
+        frame = wave[idx].astype(np.float64)
+        if o.get("remove_dc_offset", True):
+            frame = frame - frame.mean()
+        energy = max(np.sum(frame**2), eps)
+        coeff = float(o.get("preemphasis_coefficient", 0.97))
+        frame = frame - coeff * np.concatenate([frame[:1], frame[:-1]])
+        frame = frame * window
+        if not o.get("raw_energy", True):
+            energy = max(np.sum(frame**2), eps)
+        spec = np.abs(np.fft.rfft(frame, nfft))
+        if o.get("use_power", True):
+            spec = spec**2
+        mel = banks @ spec
+        if o.get("use_log_fbank", True):
+            mel = np.log(np.maximum(mel, eps))
+        if o.get("use_energy", False):
+            log_e = max(math.log(energy), math.log(o.get("energy_floor", 1.0))) if o.get("energy_floor", 1.0) > 0 else math.log(energy)
+            mel = np.append(mel, log_e) if o.get("htk_compat", False) else np.insert(mel, 0, log_e)
+        rows.append(mel)
+    out = np.array(rows).reshape(len(rows), bins + int(bool(o.get("use_energy", False))))
+    if o.get("subtract_mean", False):
+        out = out - out.mean(axis=0, keepdims=True)
+    return out
+
+
+REFERENCE_CASES = [
+    {},
+    dict(SSAMBA_FBANK_OPTIONS),
+    {"snip_edges": False, "num_mel_bins": 40},
+    {"use_energy": True, "htk_compat": True, "window_type": "hamming"},
+    {"use_energy": True, "raw_energy": False, "energy_floor": 0.0, "window_type": "blackman"},
+    {"subtract_mean": True, "window_type": "rectangular", "remove_dc_offset": False, "preemphasis_coefficient": 0.0},
+    {"use_power": False, "use_log_fbank": False, "low_freq": 100.0, "high_freq": -400.0, "num_mel_bins": 30},
+    {"round_to_power_of_two": False, "frame_length": 20.0, "frame_shift": 7.5},
+    {"vtln_warp": 0.9, "num_mel_bins": 40},
+    {"vtln_warp": 1.1, "num_mel_bins": 40, "vtln_high": 7000.0},
+]
+
+
+@pytest.mark.parametrize("options", REFERENCE_CASES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults")
+def test_matches_independent_float64_reference(options: dict[str, object]) -> None:
+    wave = GOLDEN["wave__espeak_speech"][:8000].astype(np.float64)
+    expected = _reference_fbank(wave, 16000, options)
+    out = fbank(torch.from_numpy(wave), 16000, **options).numpy()
+    assert out.shape == expected.shape
+    scale = np.abs(expected).max() if not options.get("use_log_fbank", True) else 1.0
+    # Our mel weights are rounded to float32 (like Kaldi/torchaudio); the reference keeps float64.
+    assert np.abs(out - expected).max() / scale <= 2e-4
+
+
+def test_vtln_warp_moves_energy() -> None:
+    wave = torch.from_numpy(GOLDEN["wave__espeak_speech"][:8000])
+    plain = fbank(wave, 16000, num_mel_bins=40)
+    assert not torch.allclose(plain, fbank(wave, 16000, num_mel_bins=40, vtln_warp=0.9))
+    torch.testing.assert_close(plain, fbank(wave, 16000, num_mel_bins=40, vtln_warp=1.0))
+
+
+def test_float64_input_stays_float64() -> None:
+    out = fbank(torch.from_numpy(GOLDEN["wave__noise_1s"]).double(), 16000, **SSAMBA_FBANK_OPTIONS)
+    assert out.dtype == torch.float64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_runs_on_cuda() -> None:
+    wave = torch.from_numpy(GOLDEN["wave__mixed_10p24s"])
+    expected = GOLDEN["fbank__ssamba128__mixed_10p24s"]
+    out = fbank(wave.cuda(), 16000, **SSAMBA_FBANK_OPTIONS).cpu().numpy()
+    assert np.abs(out - expected).max() <= 1e-3 and np.abs(out - expected).mean() <= 1e-5
+
+
+# --- normalisation, length and the feature config ---
+
+
+def test_normalize_and_presets() -> None:
+    stats = NORM_PRESETS["audioset_librispeech"]
+    assert (stats.mean, stats.std) == (-4.2677393, 4.5689974)
+    assert (NORM_PRESETS["esc50"].mean, NORM_PRESETS["esc50"].std) == (-6.6268077, 5.358466)
+    assert (NORM_PRESETS["speechcommands"].mean, NORM_PRESETS["speechcommands"].std) == (-6.845978, 5.5654526)
+    x = torch.tensor([[0.0, -4.2677393, 4.8702555]])
+    torch.testing.assert_close(normalize(x, stats.mean, stats.std), torch.tensor([[4.2677393 / 9.1379948, 0.0, 1.0]]))
+    assert ssamba.normalize is normalize and ssamba.fbank is fbank
+    with pytest.raises(ValueError, match="std must be positive"):
+        normalize(x, 0.0, 0.0)
+
+
+def test_pad_or_crop() -> None:
+    x = torch.arange(10.0)[:, None].repeat(1, 3)
+    padded = pad_or_crop(x, 14)
+    assert padded.shape == (14, 3) and torch.all(padded[10:] == 0) and torch.equal(padded[:10], x)
+    assert torch.equal(pad_or_crop(x, 4), x[:4])
+    offsets = {int(pad_or_crop(x, 4, "random", torch.Generator().manual_seed(s))[0, 0]) for s in range(40)}
+    assert offsets == set(range(7))
+    with pytest.raises(ValueError, match="crop must be 'start' or 'random'"):
+        pad_or_crop(x, 4, "middle")
+
+
+def test_feature_config_pretraining_input() -> None:
+    config = FeatureConfig()
+    wave = torch.from_numpy(GOLDEN["wave__espeak_speech"])  # 7.46 s -> 744 frames, padded to 1024
+    out = config.features(wave + 0.25)  # a DC offset must not matter (mean removal)
+    assert out.shape == (1024, 128) and out.dtype == torch.float32
+    expected = (torch.from_numpy(GOLDEN["fbank__ssamba128__espeak_speech"]) - config.mean) / (2 * config.std)
+    assert (out[:744] - expected).abs().max() <= 2e-3
+    pad_value = -config.mean / (2 * config.std)
+    assert torch.allclose(out[744:], torch.full((280, 128), pad_value))
+    assert config.kaldi_options == {**SSAMBA_FBANK_OPTIONS, "frame_length": 25.0}
+
+
+def test_random_crop_of_waveform_equals_cropping_the_full_fbank() -> None:
+    config = FeatureConfig(target_length=200, crop="random")
+    wave = torch.from_numpy(GOLDEN["wave__mixed_10p24s"])
+    full = config.raw_fbank(wave)
+    for seed in range(3):
+        fast = config.features(wave, torch.Generator().manual_seed(seed))
+        slow = config.finish(full, torch.Generator().manual_seed(seed))
+        assert (fast - slow).abs().max() <= 1e-3
+    starts = {float(config.features(wave, torch.Generator().manual_seed(s))[0, 0]) for s in range(5)}
+    assert len(starts) > 1
+
+
+def test_feature_presets() -> None:
+    assert FeatureConfig.preset("esc50").target_length == 512
+    assert FeatureConfig.preset("speechcommands", crop="random").crop == "random"
+    assert FEATURE_PRESETS["pretrain"] == FeatureConfig()
+    with pytest.raises(ValueError, match="unknown feature preset"):
+        FeatureConfig.preset("nope")
+    with pytest.raises(ValueError, match="crop must be"):
+        FeatureConfig(crop="middle")
+    with pytest.raises(ValueError, match="FeatureConfig needs snip_edges=True"):
+        FeatureConfig(fbank_options={"snip_edges": False})
+    povey = FeatureConfig(fbank_options={"window_type": "povey"})
+    assert povey.kaldi_options["window_type"] == "povey" and povey.features(torch.zeros(16000)).shape == (1024, 128)
