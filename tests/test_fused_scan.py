@@ -1,0 +1,321 @@
+"""Fused C++ selective scan: output and all gradients against an independent float64 loop."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssamba.models import fused_scan
+from ssamba.models.fused_scan import (
+    CHECKPOINT_INTERVAL,
+    fused_selective_scan,
+    fused_status,
+)
+
+FLOAT32_TOLERANCE = 1e-5
+FLOAT64_TOLERANCE = 1e-10
+INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+K = CHECKPOINT_INTERVAL
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fused_extension() -> None:
+    """Build (first run, about a minute) or load the extension once; skip if it cannot be built."""
+    reason = fused_status()
+    if reason is not None:
+        pytest.skip(f"fused selective scan extension unavailable: {reason}")
+
+
+def reference_scan(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False
+):
+    """Plain sequential loop (slices via unbind, so its autograd backward is linear in L)."""
+    dt = delta if delta_bias is None else delta + delta_bias[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    ys = []
+    for dt_t, u_t, B_t, C_t in zip(
+        dt.unbind(-1), u.unbind(-1), B.unbind(-1), C.unbind(-1)
+    ):
+        h = (
+            torch.exp(dt_t[..., None] * A) * h
+            + (dt_t * u_t)[..., None] * B_t[:, None, :]
+        )
+        ys.append((h * C_t[:, None, :]).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + D[:, None] * u
+    if z is not None:
+        y = y * F.silu(z)
+    return y
+
+
+def make_inputs(
+    batch: int = 2,
+    dim: int = 4,
+    n_state: int = 16,
+    length: int = 67,
+    *,
+    with_D: bool = True,
+    with_z: bool = True,
+    with_bias: bool = True,
+    softplus: bool = True,
+    delta_scale: float = 1.0,
+    seed: int = 0,
+) -> dict:
+    """Random float64 inputs in the ranges a Mamba layer produces (dt ~ 0.01 to 0.2)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    if softplus:
+        delta = randn(batch, dim, length) * 0.5 - 2.5  # softplus -> about 0.03 to 0.3
+    else:
+        delta = (
+            torch.rand(batch, dim, length, generator=g, dtype=torch.float64) * 0.2
+            + 0.01
+        )
+    return {
+        "u": randn(batch, dim, length),
+        "delta": delta * delta_scale,
+        "A": -(torch.rand(dim, n_state, generator=g, dtype=torch.float64) * 4 + 0.05),
+        "B": randn(batch, n_state, length),
+        "C": randn(batch, n_state, length),
+        "D": randn(dim) if with_D else None,
+        "z": randn(batch, dim, length) if with_z else None,
+        "delta_bias": randn(dim) * 0.3 if with_bias else None,
+        "delta_softplus": softplus,
+    }
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return (
+        (actual.double() - expected).abs().max()
+        / expected.abs().max().clamp_min(1e-300)
+    ).item()
+
+
+def outputs_and_grads(fn, inputs: dict, dtype: torch.dtype, grad_out: torch.Tensor):
+    """Run fn on leaf copies of inputs cast to dtype; return y and the gradient of every tensor."""
+    leaves = {
+        name: (
+            value.detach().to(dtype).requires_grad_()
+            if isinstance(value, torch.Tensor)
+            else value
+        )
+        for name, value in inputs.items()
+    }
+    y = fn(**leaves)
+    y.backward(grad_out.to(y.dtype))
+    grads = {
+        name: leaves[name].grad for name in INPUT_NAMES if leaves.get(name) is not None
+    }
+    return y.detach(), grads
+
+
+def assert_matches_reference(
+    inputs: dict, dtype: torch.dtype = torch.float32, tolerance=FLOAT32_TOLERANCE
+):
+    grad_out = torch.randn(
+        inputs["u"].shape,
+        generator=torch.Generator().manual_seed(1),
+        dtype=torch.float64,
+    )
+    y_ref, grads_ref = outputs_and_grads(
+        reference_scan, inputs, torch.float64, grad_out
+    )
+    y, grads = outputs_and_grads(fused_selective_scan, inputs, dtype, grad_out)
+    assert y.dtype == dtype and y.shape == y_ref.shape
+    errors = {"y": relative_error(y, y_ref)}
+    assert set(grads) == set(grads_ref)
+    for name, expected in grads_ref.items():
+        assert grads[name].shape == expected.shape, name
+        assert grads[name].dtype == dtype, name
+        errors[name] = relative_error(grads[name], expected)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= tolerance, (
+        f"{worst} relative error {errors[worst]:.2e} > {tolerance:.0e}: {errors}"
+    )
+
+
+@pytest.mark.parametrize("length", [1, 17, 67, 130, K - 1, K, K + 1, 2 * K + 3])
+def test_lengths_around_checkpoint_interval(length):
+    assert_matches_reference(make_inputs(length=length, seed=length))
+
+
+@pytest.mark.parametrize(
+    "with_D, with_z, with_bias, softplus",
+    list(itertools.product([False, True], repeat=4)),
+)
+def test_optional_arguments(with_D, with_z, with_bias, softplus):
+    inputs = make_inputs(
+        length=K + 1,
+        with_D=with_D,
+        with_z=with_z,
+        with_bias=with_bias,
+        softplus=softplus,
+        seed=3,
+    )
+    assert_matches_reference(inputs)
+
+
+@pytest.mark.parametrize("n_state", [1, 5, 24])
+def test_state_sizes_without_specialised_kernel(n_state):
+    assert_matches_reference(
+        make_inputs(n_state=n_state, length=2 * K + 3, seed=n_state)
+    )
+
+
+def test_large_decay_stress():
+    inputs = make_inputs(length=130, softplus=False, delta_scale=20.0, seed=7)
+    inputs["A"] = -torch.arange(1, 17, dtype=torch.float64).repeat(
+        inputs["A"].shape[0], 1
+    )
+    assert_matches_reference(inputs)
+
+
+def test_long_sequence():
+    assert_matches_reference(make_inputs(batch=1, dim=2, length=2000, seed=11))
+
+
+@pytest.mark.parametrize("n_state", [16, 5])
+@pytest.mark.parametrize("length", [1, 2 * K + 3])
+def test_float64_is_exact(n_state, length):
+    inputs = make_inputs(n_state=n_state, length=length, seed=5)
+    assert_matches_reference(inputs, dtype=torch.float64, tolerance=FLOAT64_TOLERANCE)
+    inputs = make_inputs(
+        n_state=n_state, length=length, softplus=False, delta_scale=20.0, seed=6
+    )
+    assert_matches_reference(inputs, dtype=torch.float64, tolerance=FLOAT64_TOLERANCE)
+
+
+def test_non_contiguous_inputs():
+    batch, dim, n_state, length = 2, 3, 16, 70
+    inputs = make_inputs(batch, dim, n_state, length, seed=9)
+    strided = {
+        # stored with other memory layouts or as strided slices, same values
+        "u": inputs["u"].transpose(1, 2).contiguous().transpose(1, 2),
+        "delta": torch.stack([inputs["delta"], inputs["delta"]], dim=-1)[..., 0],
+        "A": inputs["A"].t().contiguous().t(),
+        "B": inputs["B"].transpose(1, 2).contiguous().transpose(1, 2),
+        "C": torch.cat([inputs["C"], inputs["C"]], dim=-1)[..., :length],
+        "D": torch.stack([inputs["D"], inputs["D"]], dim=1)[:, 1],
+        "z": inputs["z"].permute(2, 0, 1).contiguous().permute(1, 2, 0),
+        "delta_bias": torch.stack([inputs["delta_bias"]] * 3, dim=1)[:, 2],
+    }
+    for name, tensor in strided.items():
+        assert not tensor.is_contiguous() and torch.equal(tensor, inputs[name]), name
+    inputs.update(strided)
+    assert_matches_reference(inputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_computed_in_float32(dtype):
+    inputs = make_inputs(length=K + 5, seed=12)
+    tensors = {
+        k: v.to(dtype).requires_grad_()
+        for k, v in inputs.items()
+        if isinstance(v, torch.Tensor)
+    }
+    y = fused_selective_scan(**tensors, delta_softplus=True)
+    assert y.dtype == dtype
+    upcast = {k: v.detach().float() for k, v in tensors.items()}
+    expected = fused_selective_scan(**upcast, delta_softplus=True).to(dtype)
+    assert torch.equal(y, expected)
+    y.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == dtype for t in tensors.values())
+
+
+def test_no_grad_forward_matches_training_forward():
+    inputs = make_inputs(length=2 * K + 3, seed=13)
+    tensors = {
+        k: (v.float() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()
+    }
+    with torch.no_grad():
+        y_inference = fused_selective_scan(**tensors)
+    u = tensors.pop("u").requires_grad_()
+    assert torch.equal(fused_selective_scan(u, **tensors).detach(), y_inference)
+
+
+def test_result_does_not_depend_on_thread_count():
+    inputs = make_inputs(batch=3, dim=5, length=K + 9, seed=14)
+    grad_out = torch.randn(inputs["u"].shape, dtype=torch.float64)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        y_one, grads_one = outputs_and_grads(
+            fused_selective_scan, inputs, torch.float32, grad_out
+        )
+        torch.set_num_threads(2)
+        y_two, grads_two = outputs_and_grads(
+            fused_selective_scan, inputs, torch.float32, grad_out
+        )
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(y_one, y_two)
+    for name in grads_one:
+        # dB/dC partial sums may be added in another order; everything else is identical
+        torch.testing.assert_close(
+            grads_two[name], grads_one[name], rtol=1e-6, atol=1e-6
+        )
+
+
+def test_only_some_inputs_require_grad():
+    inputs = make_inputs(length=K + 2, seed=15)
+    tensors = {
+        k: (v.float() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()
+    }
+    tensors["B"].requires_grad_()
+    fused_selective_scan(**tensors).sum().backward()
+    assert tensors["B"].grad is not None and tensors["u"].grad is None
+
+
+def test_rejects_mismatched_shapes():
+    inputs = make_inputs(length=10, seed=16)
+    inputs["B"] = inputs["B"][:, :, :9]
+    with pytest.raises(
+        ValueError,
+        match=r"B must have shape \(batch, N, L\) = \(2, 16, 10\), got \(2, 16, 9\)",
+    ):
+        fused_selective_scan(**inputs)
+
+
+def test_rejects_integer_inputs():
+    inputs = make_inputs(length=10, seed=17)
+    inputs["u"] = torch.ones(inputs["u"].shape, dtype=torch.int64)
+    with pytest.raises(TypeError, match="u must be a floating tensor, got torch.int64"):
+        fused_selective_scan(**inputs)
+
+
+@pytest.fixture
+def fresh_loader(monkeypatch, tmp_path):
+    """Forget the loaded extension for one test and build into a temporary cache directory."""
+    monkeypatch.setattr(fused_scan, "_attempted", False)
+    monkeypatch.setattr(fused_scan, "_extension", None)
+    monkeypatch.setattr(fused_scan, "_status", None)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    return tmp_path
+
+
+def test_status_reports_missing_compiler(fresh_loader, monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-c++-compiler")
+    assert fused_status() == "no C++ compiler (no-such-c++-compiler) found"
+    with pytest.raises(RuntimeError, match=r"unavailable: no C\+\+ compiler"):
+        fused_selective_scan(**make_inputs(length=4))
+
+
+def test_status_reports_build_error(fresh_loader, monkeypatch):
+    broken = fresh_loader / "broken_scan.cpp"
+    broken.write_text("int main() { return undeclared_name; }\n")
+    monkeypatch.setattr(fused_scan, "_SOURCE", broken)
+    monkeypatch.setattr(
+        fused_scan, "_EXTENSION_NAME", "ssamba_fused_scan_broken_source"
+    )
+    reason = fused_status()
+    assert reason.startswith("building the fused scan extension failed:")
+    assert "undeclared_name" in reason
