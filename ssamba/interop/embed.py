@@ -1,0 +1,253 @@
+"""Compute clip-level and frame-level embeddings of audio files with a pretrained encoder.
+
+Each file is decoded to mono at the model's sample rate, turned into a normalised fbank, and cut into
+windows of ``--window-seconds`` (10 s by default, as SSAMBA's SUPERB wrapper; the encoder's input
+length and position embedding are adapted to the window). Frame embeddings are the encoder's patch
+tokens averaged over frequency, one per time column of the frequency-major token grid, with the time
+(seconds) of the column's centre; consecutive windows are placed so that the columns continue on one
+evenly spaced grid (hop = tstride x 10 ms). The clip embedding is the encoder's pooled output
+(mean over patch tokens for SSAMBA weights, CLS for AuM) averaged over windows, each weighted by its
+number of columns inside the clip. Works for any clip length (short clips are padded, as in training).
+
+Outputs (``--format npy``, default): ``OUT/<name>.npy`` (D,), ``OUT/<name>.frames.npy`` (frames, D) and
+``OUT/<name>.times.npy`` (frames,) per input, mirroring sub-folders. ``--format npz``: one
+``OUT/embeddings.npz`` with ``names``, ``clip`` (files, D), ``frames`` (all frames, D), ``frame_times``
+and ``frame_offsets`` (files + 1; file i owns frames[offsets[i]:offsets[i+1]]).
+
+examples:
+  ssamba embed clips/ --checkpoint exported/ssamba-tiny --out embeddings/
+  ssamba embed a.wav b.flac --checkpoint amba_tiny_400.pth --out emb/ --format npz
+  ssamba embed corpus/ --checkpoint runs/pretrain --out emb/ --tstride 4 --batch-size 32 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ssamba.audio.fbank import MILLISECONDS_PER_SECOND, FeatureConfig, normalize
+from ssamba.interop.checkpoints import Checkpoint, adapt_checkpoint, read_checkpoint
+from ssamba.models.encoder import AudioMambaEncoder
+
+DEFAULT_WINDOW_SECONDS = 10.0
+DEFAULT_BATCH_SIZE = 16
+NPZ_FILE = "embeddings.npz"
+
+
+@dataclass
+class PreparedClip:
+    """A clip cut into encoder windows: ``windows`` (W, target_length, mel_bins), ``columns`` inside the clip."""
+
+    windows: Tensor
+    columns: int
+
+
+@dataclass
+class ClipEmbedding:
+    """Embeddings of one clip: ``clip`` (D,), ``frames`` (columns, D), ``times`` (columns,) in seconds."""
+
+    clip: Tensor
+    frames: Tensor
+    times: Tensor
+
+
+class WindowedEncoder(nn.Module):
+    """An encoder plus its feature recipe, applied to waveforms of any length through fixed windows."""
+
+    def __init__(self, encoder: AudioMambaEncoder, features: FeatureConfig) -> None:
+        super().__init__()
+        cfg = encoder.config
+        if (features.target_length, features.num_mel_bins) != (cfg.target_length, cfg.num_mel_bins):
+            raise ValueError(
+                f"feature recipe ({features.num_mel_bins} bins x {features.target_length} frames) does not match the encoder input "
+                f"({cfg.num_mel_bins} x {cfg.target_length})"
+            )
+        self.encoder = encoder.eval()
+        self.features = features
+        self.columns_per_window = cfg.grid[1]
+        self.hop_frames = self.columns_per_window * cfg.tstride
+        """Window starts are this many frames apart, so that window w's column t is global column w * T' + t."""
+        shift, length = features.frame_shift_samples, features.frame_length_samples
+        self.column_hop_samples = cfg.tstride * shift
+        self.column_centre_samples = ((cfg.tshape - 1) * shift + length) / 2
+        """Centre of column 0's receptive field (first to last sample of its first and last frames)."""
+
+    @property
+    def column_hop_seconds(self) -> float:
+        return self.column_hop_samples / self.features.sample_rate
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.pos_embed.device
+
+    def column_times(self, columns: int) -> Tensor:
+        """Centre times (seconds, float64) of the first ``columns`` time columns of a clip."""
+        index = torch.arange(columns, dtype=torch.float64)
+        return (index * self.column_hop_samples + self.column_centre_samples) / self.features.sample_rate
+
+    def columns_in_clip(self, num_samples: int) -> int:
+        """Columns whose centre lies inside a clip of ``num_samples`` samples (at least one)."""
+        inside = math.floor((num_samples - self.column_centre_samples) / self.column_hop_samples) + 1
+        return max(1, inside)
+
+    def prepare(self, waveform: Tensor, name: str = "waveform") -> PreparedClip:
+        """Cut a 1-D waveform (at the model's sample rate) into normalised encoder windows."""
+        if waveform.ndim != 1:
+            raise ValueError(f"{name}: expected a 1-D waveform, got shape {tuple(waveform.shape)}")
+        feat = self.features
+        if waveform.shape[0] < feat.frame_length_samples:
+            raise ValueError(
+                f"{name}: {waveform.shape[0]} samples is shorter than one {feat.frame_length_ms:g} ms analysis frame "
+                f"({feat.frame_length_samples} samples at {feat.sample_rate} Hz)"
+            )
+        raw = feat.raw_fbank(waveform.float())
+        columns = self.columns_in_clip(waveform.shape[0])
+        num_windows = math.ceil(columns / self.columns_per_window)
+        needed = (num_windows - 1) * self.hop_frames + feat.target_length
+        raw = raw[:needed]
+        if raw.shape[0] < needed:  # zero-pad before normalising, as training pads
+            raw = torch.nn.functional.pad(raw, (0, 0, 0, needed - raw.shape[0]))
+        windows = raw.unfold(0, feat.target_length, self.hop_frames).transpose(1, 2)
+        return PreparedClip(normalize(windows, feat.mean, feat.std), columns)
+
+    @torch.no_grad()
+    def encode_windows(self, windows: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+        """Column features (N, T', D) (patch tokens averaged over frequency) and pooled (N, D) of windows (N, T, F)."""
+        f_patches, t_patches = self.encoder.grid
+        columns, pooled = [], []
+        for batch in windows.split(batch_size):
+            tokens = self.encoder(batch.to(self.device))
+            patches = self.encoder.patch_tokens(tokens)
+            columns.append(patches.reshape(batch.shape[0], f_patches, t_patches, -1).mean(dim=1).float().cpu())
+            pooled.append(self.encoder.pool(tokens).float().cpu())
+        return torch.cat(columns), torch.cat(pooled)
+
+    def embed_prepared(self, clips: Sequence[PreparedClip], batch_size: int = DEFAULT_BATCH_SIZE) -> list[ClipEmbedding]:
+        """Encode the windows of several clips together (``batch_size`` windows at a time)."""
+        if not clips:
+            return []
+        columns, pooled = self.encode_windows(torch.cat([c.windows for c in clips]), batch_size)
+        results, start = [], 0
+        for clip in clips:
+            count = clip.windows.shape[0]
+            frames = columns[start : start + count].flatten(0, 1)[: clip.columns]
+            inside = torch.full((count,), float(self.columns_per_window))
+            inside[-1] = clip.columns - (count - 1) * self.columns_per_window
+            clip_embedding = (pooled[start : start + count] * inside[:, None]).sum(0) / inside.sum()
+            results.append(ClipEmbedding(clip_embedding, frames, self.column_times(clip.columns)))
+            start += count
+        return results
+
+
+def load_windowed_encoder(
+    checkpoint: str | Path | Checkpoint,
+    *,
+    window_seconds: float = DEFAULT_WINDOW_SECONDS,
+    fstride: int | None = None,
+    tstride: int | None = None,
+    device: str | torch.device = "cpu",
+) -> WindowedEncoder:
+    """Load any supported checkpoint (a path or one already read) for ``window_seconds`` windows
+    (input length and position embedding adapted to the window)."""
+    if window_seconds <= 0:
+        raise ValueError(f"window_seconds must be positive, got {window_seconds}")
+    original = checkpoint if isinstance(checkpoint, Checkpoint) else read_checkpoint(checkpoint)
+    target_length = round(window_seconds * MILLISECONDS_PER_SECOND / original.features.frame_shift_ms)
+    loaded = adapt_checkpoint(original, target_length=target_length, fstride=fstride, tstride=tstride)
+    return WindowedEncoder(loaded.build_encoder(), loaded.features).to(device)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def find_audio_files(inputs: Sequence[str | Path]) -> list[tuple[str, Path]]:
+    """``(output name, path)`` per audio file: files as given (name = stem), folders searched recursively
+    (name = path relative to the folder, without suffix). Duplicated names are an error."""
+    from ssamba.audio.io import AUDIO_EXTENSIONS
+
+    found: list[tuple[str, Path]] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            if not files:
+                raise FileNotFoundError(f"{item}: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) in this folder")
+            found += [(p.relative_to(item).with_suffix("").as_posix(), p) for p in files]
+        elif item.is_file():
+            found.append((item.stem, item))
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    names: dict[str, Path] = {}
+    for name, path in found:
+        if name in names:
+            raise ValueError(f"two inputs would write the same output name {name!r}: {names[name]} and {path}")
+        names[name] = path
+    return found
+
+
+def _embed_files(model: WindowedEncoder, files: list[tuple[str, Path]], batch_size: int) -> Iterator[tuple[str, ClipEmbedding]]:
+    """Decode files and embed them, grouping windows of consecutive files into batches."""
+    from ssamba.audio.io import load_audio
+
+    pending: list[tuple[str, PreparedClip]] = []
+    for index, (name, path) in enumerate(files):
+        pending.append((name, model.prepare(load_audio(path, model.features.sample_rate), str(path))))
+        if sum(c.windows.shape[0] for _, c in pending) >= batch_size or index == len(files) - 1:
+            results = model.embed_prepared([c for _, c in pending], batch_size)
+            yield from zip([n for n, _ in pending], results)
+            pending = []
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", help="audio files and/or folders (searched recursively)")
+    parser.add_argument("--checkpoint", required=True, help="export directory, run, training checkpoint, or official SSAMBA/AuM checkpoint")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--format", choices=("npy", "npz"), default="npy", help="npy files per input (default) or one embeddings.npz")
+    parser.add_argument("--window-seconds", type=float, default=DEFAULT_WINDOW_SECONDS, help=f"encoder window (default {DEFAULT_WINDOW_SECONDS:g} s)")
+    parser.add_argument("--fstride", type=int, default=None, help="frequency patch stride (default: the checkpoint's)")
+    parser.add_argument("--tstride", type=int, default=None, help="time patch stride = frame hop in 10 ms frames (default: the checkpoint's)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"windows per forward pass (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    files = find_audio_files(args.inputs)
+    model = load_windowed_encoder(args.checkpoint, window_seconds=args.window_seconds, fstride=args.fstride, tstride=args.tstride, device=args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    collected: dict[str, ClipEmbedding] = {}
+    with tqdm(total=len(files), unit="file", desc="embedding") as progress:
+        for name, result in _embed_files(model, files, args.batch_size):
+            if args.format == "npy":
+                target = out / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                np.save(f"{target}.npy", result.clip.numpy())
+                np.save(f"{target}.frames.npy", result.frames.numpy())
+                np.save(f"{target}.times.npy", result.times.numpy())
+            else:
+                collected[name] = result
+            progress.update(1)
+    if args.format == "npz":
+        names = [name for name, _ in files]
+        offsets = np.cumsum([0] + [collected[n].frames.shape[0] for n in names])
+        np.savez(
+            out / NPZ_FILE,
+            names=np.array(names),
+            clip=np.stack([collected[n].clip.numpy() for n in names]),
+            frames=np.concatenate([collected[n].frames.numpy() for n in names]),
+            frame_times=np.concatenate([collected[n].times.numpy() for n in names]),
+            frame_offsets=offsets,
+        )
+    dim = model.encoder.config.embed_dim
+    print(f"embedded {len(files)} file(s) -> {out} ({dim}-d, frame hop {model.column_hop_seconds * MILLISECONDS_PER_SECOND:g} ms)")
+    return 0

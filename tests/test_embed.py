@@ -1,0 +1,137 @@
+"""`ssamba embed`: real audio files in, clip and frame embeddings out, checked against direct encoder calls."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+import ssamba
+from ssamba.audio.fbank import FeatureConfig
+from ssamba.audio.io import load_audio
+from ssamba.cli import main as cli_main
+from ssamba.interop.checkpoints import Checkpoint
+from ssamba.interop.embed import load_windowed_encoder
+from ssamba.interop.export import write_export
+from ssamba.models.encoder import AudioMambaEncoder, preset_config
+
+MEL, DIM = 32, 32
+WINDOW_SECONDS = 1.0  # 100 frames: 2 x 6 patches per window
+WINDOW_FRAMES = 100
+COLUMNS_PER_WINDOW = 6
+
+
+def tiny_export(directory, frames: int = 64):
+    torch.manual_seed(0)
+    encoder = AudioMambaEncoder(preset_config("ssamba-tiny", embed_dim=DIM, depth=2, num_mel_bins=MEL, target_length=frames))
+    checkpoint = Checkpoint(
+        layout="ssamba-train",
+        source=directory / "synthetic.pt",
+        encoder_config=encoder.config,
+        encoder_state=encoder.state_dict(),
+        features=FeatureConfig(num_mel_bins=MEL, target_length=frames),
+    )
+    return write_export(checkpoint, directory / "export")
+
+
+def _write_audio(path, seconds, rate, channels=1, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    tone = 0.3 * np.sin(2 * np.pi * (300 + 900 * t) * t) + 0.05 * rng.standard_normal(t.size)
+    audio = np.stack([tone * (c + 1) / channels for c in range(channels)], axis=1) if channels > 1 else tone
+    soundfile.write(path, audio.astype(np.float32), rate)
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    root = tmp_path / "clips"
+    (root / "sub").mkdir(parents=True)
+    _write_audio(root / "short.wav", 0.6, 44100, channels=2, seed=1)  # resampled, down-mixed, one window
+    _write_audio(root / "sub" / "long.flac", 2.3, 16000, seed=2)  # three windows
+    (root / "notes.txt").write_text("not audio")
+    return root
+
+
+def _direct_tokens(export, fbank):
+    encoder = ssamba.load_encoder(export, target_length=WINDOW_FRAMES)
+    with torch.no_grad():
+        tokens = encoder(fbank[None])[0]
+    return encoder, tokens
+
+
+def _frequency_mean(encoder, tokens):
+    f, t = encoder.grid
+    return encoder.patch_tokens(tokens[None])[0].reshape(f, t, -1).mean(0)
+
+
+def test_embed_cli_npy_matches_direct_encoder(tmp_path, corpus, capsys):
+    export = tiny_export(tmp_path)
+    out = tmp_path / "emb"
+    argv = ["embed", str(corpus), "--checkpoint", str(export), "--out", str(out), "--window-seconds", str(WINDOW_SECONDS), "--batch-size", "2"]
+    assert cli_main(argv) == 0
+    captured = capsys.readouterr()
+    assert "embedded 2 file(s)" in captured.out and "160 ms" in captured.out
+    assert "2/2" in captured.err  # progress bar
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.npy")) == [
+        "short.frames.npy", "short.npy", "short.times.npy", "sub/long.frames.npy", "sub/long.npy", "sub/long.times.npy"
+    ]
+    features = FeatureConfig(num_mel_bins=MEL, target_length=WINDOW_FRAMES)
+
+    # short clip: one padded window, exactly the training-style input
+    wave = load_audio(corpus / "short.wav")
+    encoder, tokens = _direct_tokens(export, features.features(wave))
+    columns = 4  # centres 87.5 + 160 k ms <= 600 ms
+    np.testing.assert_allclose(np.load(out / "short.npy"), encoder.pool(tokens[None])[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.load(out / "short.frames.npy"), _frequency_mean(encoder, tokens)[:columns].numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.load(out / "short.times.npy"), 0.0875 + 0.16 * np.arange(columns))
+
+    # long clip: windows start 96 frames apart, so column k of window w is global column 6 w + k
+    wave = load_audio(corpus / "sub" / "long.flac")
+    raw = features.raw_fbank(wave)
+    frames = np.load(out / "sub" / "long.frames.npy")
+    times = np.load(out / "sub" / "long.times.npy")
+    assert frames.shape == (14, DIM) and times[-1] <= 2.3 < times[-1] + 0.16
+    np.testing.assert_allclose(np.diff(times), 0.16)
+    window_means, pooled = [], []
+    for w in range(3):
+        chunk = raw[w * 96 : w * 96 + WINDOW_FRAMES]
+        chunk = torch.nn.functional.pad(chunk, (0, 0, 0, WINDOW_FRAMES - chunk.shape[0]))
+        encoder, tokens = _direct_tokens(export, (chunk - features.mean) / (2 * features.std))
+        window_means.append(_frequency_mean(encoder, tokens))
+        pooled.append(encoder.pool(tokens[None])[0])
+    np.testing.assert_allclose(frames, torch.cat(window_means)[:14].numpy(), atol=1e-5)
+    weights = torch.tensor([6.0, 6.0, 2.0])  # columns of each window inside the clip
+    expected_clip = (torch.stack(pooled) * weights[:, None]).sum(0) / weights.sum()
+    np.testing.assert_allclose(np.load(out / "sub" / "long.npy"), expected_clip.numpy(), atol=1e-5)
+
+
+def test_embed_cli_npz_and_default_window(tmp_path, corpus):
+    export = tiny_export(tmp_path)
+    out = tmp_path / "emb"
+    files = [str(corpus / "sub" / "long.flac"), str(corpus / "short.wav")]
+    assert cli_main(["embed", *files, "--checkpoint", str(export), "--out", str(out), "--format", "npz"]) == 0
+    data = np.load(out / "embeddings.npz")
+    assert data["names"].tolist() == ["long", "short"]
+    assert data["clip"].shape == (2, DIM)
+    offsets = data["frame_offsets"]
+    assert offsets.tolist() == [0, 14, 18] and data["frames"].shape == (18, DIM)
+    np.testing.assert_allclose(data["frame_times"][offsets[1] :], 0.0875 + 0.16 * np.arange(4))
+    # default 10 s window: one window per clip, encoder adapted to 1000 frames
+    model = load_windowed_encoder(export)
+    assert model.encoder.config.target_length == 1000 and model.columns_per_window == 62
+
+
+def test_embed_errors_name_the_input(tmp_path, corpus):
+    export = tiny_export(tmp_path)
+    soundfile.write(tmp_path / "blip.wav", np.zeros(100, np.float32), 16000)
+    with pytest.raises(ValueError, match=r"blip.wav: 100 samples is shorter than one 25 ms analysis frame"):
+        cli_main(["embed", str(tmp_path / "blip.wav"), "--checkpoint", str(export), "--out", str(tmp_path / "o")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty: no audio files"):
+        cli_main(["embed", str(tmp_path / "empty"), "--checkpoint", str(export), "--out", str(tmp_path / "o")])
+    other = tmp_path / "other"
+    other.mkdir()
+    _write_audio(other / "short.wav", 0.3, 16000)
+    with pytest.raises(ValueError, match="same output name 'short'"):
+        cli_main(["embed", str(corpus / "short.wav"), str(other / "short.wav"), "--checkpoint", str(export), "--out", str(tmp_path / "o")])
