@@ -1,0 +1,126 @@
+"""Benchmark scripts: the SSAST-style baseline's numerics, and both scripts end to end on tiny settings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from ssast_baseline import TransformerEncoder, transformer_config
+
+from ssamba.models.encoder import AudioMambaEncoder, preset_config
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SCRIPT_TIMEOUT_S = 120
+
+
+def _reference_attention(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, proj_weight: torch.Tensor, proj_bias: torch.Tensor, heads: int) -> torch.Tensor:
+    """Multi-head attention written per head with explicit softmax (float64)."""
+    dim = x.shape[-1]
+    head_dim = dim // heads
+    q, k, v = (x @ qkv_weight.T + qkv_bias).split(dim, dim=-1)
+    outputs = []
+    for h in range(heads):
+        part = slice(h * head_dim, (h + 1) * head_dim)
+        scores = q[..., part] @ k[..., part].transpose(-2, -1) / head_dim**0.5
+        weights = torch.exp(scores - scores.amax(-1, keepdim=True))
+        outputs.append((weights / weights.sum(-1, keepdim=True)) @ v[..., part])
+    return torch.cat(outputs, dim=-1) @ proj_weight.T + proj_bias
+
+
+@pytest.mark.parametrize("attention", ["plain", "sdpa"])
+def test_attention_matches_float64_reference(attention):
+    torch.manual_seed(0)
+    model = TransformerEncoder(transformer_config("tiny", tokens=16, attention=attention, depth=1)).double()
+    attn = model.blocks[0].attn
+    x = torch.randn(2, 18, 192, dtype=torch.float64)
+    expected = _reference_attention(x, attn.qkv.weight, attn.qkv.bias, attn.proj.weight, attn.proj.bias, heads=3)
+    torch.testing.assert_close(attn(x), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_plain_and_sdpa_encoders_agree():
+    torch.manual_seed(0)
+    plain = TransformerEncoder(transformer_config("tiny", tokens=32, attention="plain", depth=2)).double()
+    sdpa = TransformerEncoder(transformer_config("tiny", tokens=32, attention="sdpa", depth=2)).double()
+    sdpa.load_state_dict(plain.state_dict())
+    fbank = torch.randn(2, 64, 128, dtype=torch.float64)
+    out = plain(fbank)
+    assert out.shape == (2, 2 + 32, 192)  # CLS + distillation token, then 8 x 4 patches
+    torch.testing.assert_close(sdpa(fbank), out, rtol=1e-10, atol=1e-10)
+
+
+def test_baseline_sees_the_same_patch_sequence_as_ssamba():
+    torch.manual_seed(0)
+    baseline = TransformerEncoder(transformer_config("tiny", tokens=32, depth=1))
+    ssamba = AudioMambaEncoder(preset_config("ssamba-tiny", target_length=64, depth=2))
+    ssamba.patch_embed.proj.load_state_dict(baseline.patch_embed.state_dict())
+    fbank = torch.randn(2, 64, 128)
+    torch.testing.assert_close(baseline.patchify(fbank), ssamba.patchify(fbank))
+
+
+def test_baseline_rejects_wrong_input_shape_and_size():
+    model = TransformerEncoder(transformer_config("tiny", tokens=16, depth=1))
+    with pytest.raises(ValueError, match=r"expected fbank of shape \(batch, 32, 128\), got \(1, 40, 128\)"):
+        model(torch.randn(1, 40, 128))
+    with pytest.raises(ValueError, match="unknown transformer size 'huge'"):
+        transformer_config("huge", tokens=16)
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], check=False, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def _table_rows(markdown: str, first_cell: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in markdown.splitlines() if line.startswith(f"| {first_cell} |")]
+
+
+def test_efficiency_script_writes_tables_plot_and_reports_oom(tmp_path):
+    # 0.5 GiB per case: SSAMBA and SDPA fit at 4096 tokens, plain attention (two 400 MB matrices) does not.
+    _run("efficiency.py", "--sizes", "64", "4096", "--models", "tiny", "--depth", "2", "--repeats", "1", "--mem-limit-gib", "0.5", "--out-dir", str(tmp_path))
+    markdown = (tmp_path / "efficiency_cpu.md").read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| tokens |"))
+    assert header == "| tokens | ssamba-tiny | ssast-tiny (plain) | ssast-tiny (sdpa) |"
+    time_row, memory_row = _table_rows(markdown, "4096")
+    assert time_row[2] == memory_row[2] == "OOM (cap 0.5 GiB)"
+    assert time_row[1].endswith("s (n=1)") and time_row[3].endswith("s (n=1)")
+    assert all(len(row) == 4 and "OOM" not in row[1] for row in _table_rows(markdown, "64"))
+    assert "ssamba-tiny vs ssast-tiny (sdpa) | 4096 |" in markdown
+    results = json.loads((tmp_path / "efficiency_cpu.json").read_text())["results"]
+    statuses = {(r["label"], r["tokens"]): r["status"] for r in results}
+    assert statuses == {(label, t): "oom" if (label, t) == ("ssast-tiny (plain)", 4096) else "ok" for label in ("ssamba-tiny", "ssast-tiny (plain)", "ssast-tiny (sdpa)") for t in (64, 4096)}
+    ok = [r for r in results if r["status"] == "ok"]
+    assert all(r["peak_mib"] > r["extra_mib"] > 0 and r["time_min_s"] <= r["time_median_s"] for r in ok)
+    assert (tmp_path / "efficiency_cpu.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_efficiency_script_rejects_token_counts_off_the_patch_grid(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "efficiency.py"), "--sizes", "100"], check=False, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
+    assert proc.returncode == 2
+    assert "token counts must be positive multiples of 8" in proc.stderr
+
+
+def test_throughput_script_writes_a_row_per_backend(tmp_path):
+    _run("backend_throughput.py", "--patches", "64", "--depth", "2", "--backends", "chunked", "--procs", "1", "2", "--steps", "1", "--warmup", "0", "--out-dir", str(tmp_path))
+    markdown = (tmp_path / "backend_throughput_cpu.md").read_text()
+    (row,) = _table_rows(markdown, "`chunked`")
+    assert row[1] == "1" and all(cell.endswith(" s)") for cell in row[2:4])
+    results = json.loads((tmp_path / "backend_throughput_cpu.json").read_text())["results"]["chunked"]
+    for processes in ("1", "2"):
+        measured = results[processes]
+        assert measured["status"] == "ok" and len(measured["reports"]) == int(processes)
+        assert measured["clips_per_s"] == pytest.approx(int(processes) * 2 / max(sum(r["step_s"]) for r in measured["reports"]))
+
+
+@pytest.mark.parametrize("script", ["efficiency.py", "backend_throughput.py"])
+def test_scripts_have_help_with_examples(script):
+    proc = _run(script, "--help")
+    assert "Examples:" in proc.stdout and f"python benchmarks/{script}" in proc.stdout
