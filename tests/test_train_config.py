@@ -194,3 +194,16 @@ def test_deepspeed_config_rejects_settings_we_own(tmp_path: Path) -> None:
     path.write_text(json.dumps({"train_batch_size": 32, "zero_optimization": {"stage": 1}}))
     with pytest.raises(ValueError, match="remove train_batch_size; they come from the ssamba config"):
         deepspeed_config(path, batch_size=8, world_size=1, optim=load().optim, precision="fp32")
+
+
+def test_train_shards_mix_sources_with_weights(tmp_path: Path) -> None:
+    from ssamba.train.pretrain import count_clips
+
+    cfg = load("data.train_shards={shards/audioset: 0.7, shards/librispeech: 0.3}")
+    assert cfg.data.train_shards == {"shards/audioset": 0.7, "shards/librispeech": 0.3}
+    assert "data.train_shards.b: mixing weight must be a positive number, got 0" in error_of("data.train_shards={a: 1, b: 0}")
+    for name, count in (("a", 30), ("b", 12)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "index.json").write_text(json.dumps({"count": count}))
+    assert count_clips({str(tmp_path / "a"): 0.7, str(tmp_path / "b"): 0.3}) == 42
+    assert count_clips({str(tmp_path / "a"): 0.7, str(tmp_path / "missing"): 0.3}) is None

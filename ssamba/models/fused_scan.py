@@ -1,6 +1,7 @@
 """Fused C++ CPU selective scan (Mamba-1) with an exact, checkpointed backward.
 
-The extension in ``csrc/selective_scan.cpp`` is compiled on first use with
+The extension (``csrc/selective_scan.cpp``, plus the mixer ops of ``csrc/mixer_ops.cpp`` used by
+``ssamba.models.fused_ops``) is compiled on first use with
 ``torch.utils.cpp_extension.load`` and cached in torch's extension directory
 (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``); later processes load the
 cached build in well under a second. It needs a C++ compiler and ninja at run time.
@@ -23,13 +24,15 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["CHECKPOINT_INTERVAL", "fused_selective_scan", "fused_status"]
+__all__ = ["CHECKPOINT_INTERVAL", "fused_extension", "fused_selective_scan", "fused_status"]
 
 # Steps between stored states in the forward; the backward recomputes blocks of this length.
 CHECKPOINT_INTERVAL = 64
 
 _EXTENSION_NAME = "ssamba_fused_selective_scan"
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan.cpp"
+# Compiled into the same extension; selective_scan.cpp's module definition binds their functions.
+_EXTRA_SOURCES = (Path(__file__).resolve().parent / "csrc" / "mixer_ops.cpp",)
 # Portable flags: no -march=native (the build cache may be shared between machines); the
 # source carries AVX-512/AVX2 clones of its hot loops that are selected at load time.
 _CXX_FLAGS = ["-O3", "-fopenmp"]
@@ -70,8 +73,9 @@ def _load() -> ModuleType | None:
         if _attempted:
             return _extension
         _attempted = True
-        if not _SOURCE.is_file():
-            _status = f"extension source {_SOURCE} is missing"
+        missing = [str(source) for source in (_SOURCE, *_EXTRA_SOURCES) if not source.is_file()]
+        if missing:
+            _status = f"extension source {missing[0]} is missing"
             return None
         _status = _compiler_missing()
         if _status is not None:
@@ -81,7 +85,7 @@ def _load() -> ModuleType | None:
         try:
             _extension = load(
                 name=_EXTENSION_NAME,
-                sources=[str(_SOURCE)],
+                sources=[str(source) for source in (_SOURCE, *_EXTRA_SOURCES)],
                 extra_cflags=_CXX_FLAGS,
                 extra_ldflags=_LD_FLAGS,
                 verbose=False,
@@ -97,7 +101,8 @@ def fused_status() -> str | None:
     return _status
 
 
-def _extension_or_raise() -> ModuleType:
+def fused_extension() -> ModuleType:
+    """The loaded extension module (built on first use); RuntimeError with the reason if unusable."""
     extension = _load()
     if extension is None:
         raise RuntimeError(f"fused selective scan is unavailable: {_status}")
@@ -109,7 +114,7 @@ class _FusedSelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        extension = _extension_or_raise()
+        extension = fused_extension()
         u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
         # (batch, L, N): N innermost for the kernel
         B_t = B.transpose(1, 2).contiguous()
@@ -143,7 +148,7 @@ class _FusedSelectiveScan(torch.autograd.Function):
         u, delta, A, B_t, C_t, D, z, delta_bias, y_pre_gate, checkpoints = (
             ctx.saved_tensors
         )
-        extension = _extension_or_raise()
+        extension = fused_extension()
         du, ddelta, dA, dB_t, dC_t, dD, dz, ddelta_bias = extension.backward(
             u,
             delta,

@@ -12,6 +12,12 @@ Bidirectional variants (``bimamba``), named as in AuM's paper:
 
 Both directions run on every backend and code path (Vim's non-CUDA path silently ran forward only).
 Parameter names follow the original checkpoints, so official weights load by a prefix rename.
+
+``in_proj`` produces ``x`` channel-last (batch, L, E) and ``z`` channel-first (batch, E, L). On CPU (float32/float64, eager mode), when the
+fused C++ extension builds, the causal conv + SiLU and the merge of the two directions run as the
+fused ops of ``ssamba.models.fused_ops`` (no transpose or flip copies around them); otherwise, and
+under tracing or ``torch.compile``, the same math runs in plain PyTorch.
+:func:`set_fused_ops_enabled` switches the fused ops off (for comparisons).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssamba.models import fused_ops
+from ssamba.models.fused_scan import fused_status
 from ssamba.models.scan import selective_scan
 
 BimambaType = Literal["none", "v1", "v2"]
@@ -74,6 +82,36 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
+_fused_ops_enabled = True
+
+
+def set_fused_ops_enabled(enabled: bool) -> None:
+    """Allow (default) or forbid the fused CPU mixer ops; forbidding them runs plain PyTorch."""
+    global _fused_ops_enabled
+    _fused_ops_enabled = bool(enabled)
+
+
+def fused_ops_enabled() -> bool:
+    """Whether CPU mixers use the fused ops: allowed and the extension builds here."""
+    return _fused_ops_enabled and fused_status() is None
+
+
+def _use_fused_ops(*tensors: Tensor) -> bool:
+    """Fused ops for these tensors: CPU float32/float64 of one dtype, eager mode, extension usable."""
+    if not _fused_ops_enabled or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    dtype = tensors[0].dtype
+    if dtype not in (torch.float32, torch.float64) or any(t.device.type != "cpu" or t.dtype != dtype for t in tensors):
+        return False
+    return fused_status() is None
+
+
+def linear_channels_first(x: Tensor, weight: Tensor) -> Tensor:
+    """``F.linear(x, weight).transpose(1, 2)`` for ``x`` (batch, L, in), computed straight into a
+    contiguous (batch, out, L) tensor (one batched GEMM; no transpose copy, neither in the backward)."""
+    return torch.bmm(weight.expand(x.shape[0], -1, -1), x.transpose(1, 2))
+
+
 def _causal_conv1d_module():
     """The optional CUDA causal-conv1d kernel, or None."""
     try:
@@ -92,6 +130,26 @@ def causal_conv1d_silu(x: Tensor, conv: nn.Conv1d) -> Tensor:
     length = x.shape[-1]
     y = F.conv1d(x, conv.weight, conv.bias, padding=conv.kernel_size[0] - 1, groups=conv.groups)
     return F.silu(y[..., :length])
+
+
+def branch_conv(x: Tensor, conv: nn.Conv1d, reverse: bool = False) -> tuple[Tensor, Tensor]:
+    """Causal conv + SiLU of channel-last ``x`` (batch, L, channels), over ``x`` flipped in time
+    if ``reverse`` (the result then stays flipped). Returns it as (batch, L, channels) for
+    ``x_proj`` and as (batch, channels, L) for the scan."""
+    if _use_fused_ops(x, conv.weight):
+        return fused_ops.causal_conv1d_silu_channels_last(x, conv.weight.squeeze(1), conv.bias, reverse)
+    x = x.transpose(1, 2)
+    xc = causal_conv1d_silu(x.flip(-1) if reverse else x, conv)
+    return xc.transpose(1, 2), xc
+
+
+def merge_directions(y_fwd: Tensor, y_bwd: Tensor, scale: float) -> Tensor:
+    """``scale * (y_fwd + y_bwd.flip(-1))`` of two (batch, channels, L) scan outputs (``y_bwd`` in
+    reversed time), as (batch, L, channels) for ``out_proj``."""
+    if _use_fused_ops(y_fwd, y_bwd):
+        return fused_ops.merge_directions(y_fwd, y_bwd, scale)
+    y = y_fwd + y_bwd.flip(-1)
+    return (y * scale if scale != 1.0 else y).transpose(1, 2)
 
 
 class MambaMixer(nn.Module):
@@ -146,7 +204,7 @@ class MambaMixer(nn.Module):
     def _scan(self, x: Tensor, x_dbl: Tensor, dt_proj: nn.Linear, A_log: Tensor, D: Tensor, z: Tensor) -> Tensor:
         """Selective scan of conv output ``x`` (B, E, L) given x_proj output ``x_dbl`` (B, L, R+2N)."""
         dt_low, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = (dt_low @ dt_proj.weight.t()).transpose(1, 2)
+        delta = linear_channels_first(dt_low, dt_proj.weight)
         return selective_scan(
             x,
             delta,
@@ -160,28 +218,31 @@ class MambaMixer(nn.Module):
             backend=self.scan_backend,
         )
 
-    def _branch(self, x: Tensor, z: Tensor, conv: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear, A_log: Tensor, D: Tensor) -> Tensor:
-        xc = causal_conv1d_silu(x, conv)
-        return self._scan(xc, x_proj(xc.transpose(1, 2)), dt_proj, A_log, D, z)
+    def _branch(self, x: Tensor, z: Tensor, conv: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear, A_log: Tensor, D: Tensor, reverse: bool) -> Tensor:
+        """One direction: ``x`` (B, L, E) in input time order, ``z`` (B, E, L) already in the
+        direction's time order; returns the gated scan output (B, E, L) in the direction's order."""
+        xc_rows, xc = branch_conv(x, conv, reverse)
+        return self._scan(xc, x_proj(xc_rows), dt_proj, A_log, D, z)
 
     def forward(self, hidden: Tensor) -> Tensor:
         """``hidden``: (batch, L, d_model) -> (batch, L, d_model)."""
-        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
+        w_x, w_z = self.in_proj.weight.chunk(2, dim=0)
+        x = F.linear(hidden, w_x)  # (B, L, E): the layout of the conv input and x_proj
+        z = linear_channels_first(hidden, w_z)  # (B, E, L): the layout of the scan's gate
         if self.bimamba == "v1":
-            xc = causal_conv1d_silu(x, self.conv1d)
-            x_dbl = self.x_proj(xc.transpose(1, 2))
+            xc_rows, xc = branch_conv(x, self.conv1d)
+            x_dbl = self.x_proj(xc_rows)
             y_fwd = self._scan(xc, x_dbl, self.dt_proj, self.A_log, self.D, z)
             y_bwd = self._scan(xc.flip(-1), x_dbl.flip(1), self.dt_proj, self.A_b_log, self.D, z.flip(-1))
-            y = y_fwd + y_bwd.flip(-1)
+            y = merge_directions(y_fwd, y_bwd, 1.0)
         else:
-            y = self._branch(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+            y = self._branch(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, reverse=False)
             if self.bimamba == "v2":
-                x_b, z_b = x.flip(-1), z.flip(-1)
-                y_bwd = self._branch(x_b, z_b, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
-                y = y + y_bwd.flip(-1)
-                if self.divide_out:
-                    y = y / 2
-        return self.out_proj(y.transpose(1, 2))
+                y_bwd = self._branch(x, z.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, reverse=True)
+                y = merge_directions(y, y_bwd, 0.5 if self.divide_out else 1.0)
+            else:
+                y = y.transpose(1, 2)
+        return self.out_proj(y)
 
 
 def init_dt_proj(dt_proj: nn.Linear, dt_min: float = DT_MIN, dt_max: float = DT_MAX, floor: float = DT_INIT_FLOOR) -> None:

@@ -81,8 +81,9 @@ class RunConfig:
 class DataConfig:
     """Training and evaluation shards and how they are batched."""
 
-    train_shards: str | None = None
-    """Shard directory, index file or brace pattern written by ``ssamba shards`` (required)."""
+    train_shards: str | dict[str, float] | None = None
+    """Shard directory, index file or brace pattern written by ``ssamba shards`` (required), or a
+    mapping ``{shards: weight}`` that mixes sources, e.g. ``{shards/audioset: 0.7, shards/librispeech: 0.3}``."""
     eval_shards: str | None = None
     """Held-out shards for evaluation (needed by ``eval_every`` and the plateau schedule)."""
     batch_size: int = 64
@@ -442,6 +443,10 @@ def _check_ranges(cfg: PretrainConfig) -> None:
 def _check_combinations(cfg: PretrainConfig) -> None:
     """Settings that are fine alone but impossible together."""
     _require(bool(cfg.data.train_shards), "data.train_shards: required (shards written by `ssamba shards`)")
+    if isinstance(cfg.data.train_shards, dict):
+        for source, weight in cfg.data.train_shards.items():
+            _require(isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0,
+                     f"data.train_shards.{source}: mixing weight must be a positive number, got {weight!r}")
     _require(cfg.train.max_steps is not None or cfg.train.epochs is not None, "train.max_steps and train.epochs are both null: set at least one")
     if cfg.schedule.name == "cosine":
         _require(cfg.train.max_steps is not None, "schedule.name=cosine needs train.max_steps (the cosine length)")

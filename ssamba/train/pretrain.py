@@ -70,8 +70,11 @@ class NonFiniteLossError(RuntimeError):
 # ----------------------------------------------------------------------------------------- data
 
 
-def count_clips(spec: str) -> int | None:
-    """Clips in a shard set, from the index.json that ``ssamba shards`` writes (None without one)."""
+def count_clips(spec: str | dict[str, float]) -> int | None:
+    """Clips in a shard set (or a mix of them), from the index.json that ``ssamba shards`` writes (None without one)."""
+    if isinstance(spec, dict):
+        counts = [count_clips(source) for source in spec]
+        return None if None in counts else sum(counts)
     path = Path(spec)
     index = path / INDEX_FILE if path.is_dir() else path
     if index.suffix != ".json" or not index.is_file():
@@ -79,7 +82,7 @@ def count_clips(spec: str) -> int | None:
     return int(json.loads(index.read_text(encoding="utf-8"))["count"])
 
 
-def epoch_batches(spec: str, given: int | None, batch_size: int, world_size: int, key: str) -> int | None:
+def epoch_batches(spec: str | dict[str, float], given: int | None, batch_size: int, world_size: int, key: str) -> int | None:
     """Micro-batches per process and epoch: ``given``, else the shard index's clips // (batch x processes)."""
     if given is not None:
         return given
