@@ -8,31 +8,16 @@ import soundfile
 import torch
 
 import ssamba
+from conftest import TINY_DIM, TINY_MEL_BINS, tiny_export
 from ssamba.audio.fbank import FeatureConfig
 from ssamba.audio.io import load_audio
 from ssamba.cli import main as cli_main
-from ssamba.interop.checkpoints import Checkpoint
 from ssamba.interop.embed import load_windowed_encoder
-from ssamba.interop.export import write_export
-from ssamba.models.encoder import AudioMambaEncoder, preset_config
 
-MEL, DIM = 32, 32
+MEL, DIM = TINY_MEL_BINS, TINY_DIM
 WINDOW_SECONDS = 1.0  # 100 frames: 2 x 6 patches per window
 WINDOW_FRAMES = 100
 COLUMNS_PER_WINDOW = 6
-
-
-def tiny_export(directory, frames: int = 64):
-    torch.manual_seed(0)
-    encoder = AudioMambaEncoder(preset_config("ssamba-tiny", embed_dim=DIM, depth=2, num_mel_bins=MEL, target_length=frames))
-    checkpoint = Checkpoint(
-        layout="ssamba-train",
-        source=directory / "synthetic.pt",
-        encoder_config=encoder.config,
-        encoder_state=encoder.state_dict(),
-        features=FeatureConfig(num_mel_bins=MEL, target_length=frames),
-    )
-    return write_export(checkpoint, directory / "export")
 
 
 def _write_audio(path, seconds, rate, channels=1, seed=0):

@@ -28,13 +28,7 @@ WAVE_NAMES = sorted(key.removeprefix("wave__") for key in GOLDEN.files if key.st
 LOG_EPS = math.log(np.finfo(np.float32).eps)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Per-clip tensor ops are tiny; intra-op threads only add contention on a shared 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _golden_options(config: str) -> tuple[int, dict[str, object]]:

@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_export
 from ssamba import hear
-from ssamba.audio.fbank import FeatureConfig
-from ssamba.interop.checkpoints import Checkpoint
-from ssamba.interop.export import write_export
-from ssamba.models.encoder import AudioMambaEncoder, preset_config
 
 VALIDATOR_SAMPLE_RATES = (16000, 22050, 44100, 48000)
 TIMESTAMP_CASES = ((2, 1.07), (2, 1.98), (2, 4.0))  # (num_audio, seconds) the validator runs
@@ -21,17 +18,7 @@ SUGGESTED_HOP_MS = 50.0
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("hear")
-    torch.manual_seed(0)
-    encoder = AudioMambaEncoder(preset_config("ssamba-tiny", embed_dim=32, depth=2, num_mel_bins=32, target_length=64))
-    checkpoint = Checkpoint(
-        layout="ssamba-train",
-        source=directory / "synthetic.pt",
-        encoder_config=encoder.config,
-        encoder_state=encoder.state_dict(),
-        features=FeatureConfig(num_mel_bins=32, target_length=64),
-    )
-    return write_export(checkpoint, directory / "export")
+    return tiny_export(tmp_path_factory.mktemp("hear"))
 
 
 def _white_noise(num_audio, seconds, rate):

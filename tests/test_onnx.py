@@ -8,10 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import ssamba
-from ssamba.audio.fbank import FeatureConfig
+from conftest import tiny_export
 from ssamba.cli import main as cli_main
-from ssamba.interop.checkpoints import Checkpoint
-from ssamba.interop.export import write_export
 from ssamba.interop.onnx import export_copy, prefix_scan
 from ssamba.models.encoder import AudioMambaEncoder, preset_config
 
@@ -51,16 +49,7 @@ def test_export_copy_computes_the_same_encoder():
 
 
 def _export(directory, preset, **overrides):
-    torch.manual_seed(0)
-    encoder = AudioMambaEncoder(preset_config(preset, embed_dim=32, depth=2, num_mel_bins=32, target_length=64, **overrides))
-    checkpoint = Checkpoint(
-        layout="ssamba-train",
-        source=directory / "synthetic.pt",
-        encoder_config=encoder.config,
-        encoder_state=encoder.state_dict(),
-        features=FeatureConfig(num_mel_bins=32, target_length=64),
-    )
-    return write_export(checkpoint, directory / "export")
+    return tiny_export(directory, preset, **overrides)
 
 
 def _run_onnx(ort, path, fbank):

@@ -24,13 +24,7 @@ from ssamba.data.synthetic import CLIP_KINDS, write_demo_corpus
 QUIET = {"log": lambda message: None}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Per-clip tensor ops are tiny; intra-op threads only add contention on a shared 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tone(path: Path, seconds: float, rate: int = 16000, channels: int = 1, freq: float = 440.0, subtype: str = "PCM_16") -> None:

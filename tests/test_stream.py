@@ -25,13 +25,7 @@ FEATURES = FeatureConfig(target_length=64)
 QUIET = {"log": lambda message: None}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Per-clip tensor ops are tiny; intra-op threads only add contention on a shared 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _make_shards(root: Path, n_clips: int, seed: int, fbank: bool = False, int_labels: bool = False) -> Path:

@@ -1,0 +1,40 @@
+"""Shared test helpers: a tiny exported encoder and a one-thread fixture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssamba.audio.fbank import FeatureConfig
+from ssamba.interop.checkpoints import Checkpoint
+from ssamba.interop.export import write_export
+from ssamba.models.encoder import AudioMambaEncoder, preset_config
+
+TINY_MEL_BINS = 32
+TINY_DIM = 32
+
+
+def tiny_export(directory: Path, preset: str = "ssamba-tiny", frames: int = 64, **overrides: object) -> Path:
+    """Export a randomly initialised 2-layer, 32-wide encoder (32 mel bins) to ``directory/export``."""
+    torch.manual_seed(0)
+    config = preset_config(preset, embed_dim=TINY_DIM, depth=2, num_mel_bins=TINY_MEL_BINS, target_length=frames, **overrides)
+    encoder = AudioMambaEncoder(config)
+    checkpoint = Checkpoint(
+        layout="ssamba-train",
+        source=directory / "synthetic.pt",
+        encoder_config=encoder.config,
+        encoder_state=encoder.state_dict(),
+        features=FeatureConfig(num_mel_bins=TINY_MEL_BINS, target_length=frames),
+    )
+    return write_export(checkpoint, directory / "export")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Per-clip tensor ops are tiny; intra-op threads only add contention on a 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
