@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssamba.audio.fbank import FeatureConfig
+from ssamba.fields import dataclass_from_dict
 from ssamba.models.encoder import AudioMambaEncoder, EncoderConfig, grid_size
 
 Layout = Literal["ssamba-encoder", "ssamba-train", "ssamba-official", "aum"]
@@ -204,11 +205,10 @@ def _state_dict_of(obj: Any, source: Path) -> dict[str, Tensor]:
 
 
 def _features_from_dict(values: dict[str, Any], source: Path) -> FeatureConfig:
-    known = {f.name for f in dataclasses.fields(FeatureConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise CheckpointError(f"{source}: unknown feature field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return FeatureConfig(**values)
+    try:
+        return dataclass_from_dict(FeatureConfig, values)
+    except ValueError as err:
+        raise CheckpointError(f"{source}: {err}") from err
 
 
 def _encoder_config_from_dict(values: Any, source: Path, name: str) -> EncoderConfig:

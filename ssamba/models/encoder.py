@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from ssamba.fields import dataclass_from_dict
 from ssamba.models.mamba import BimambaType, Block, DropPath, MambaMixer, NormType, make_norm
 
 ClsPosition = Literal["head", "middle", "none"]
@@ -116,11 +117,7 @@ class EncoderConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EncoderConfig:
         """Build from a dict, rejecting unknown keys by name."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown EncoderConfig field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values)
 
 
 def grid_size(freq: int, time: int, fshape: int, tshape: int, fstride: int, tstride: int) -> tuple[int, int]:

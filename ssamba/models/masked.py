@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssamba.fields import dataclass_from_dict
+
 if TYPE_CHECKING:
     from ssamba.models.encoder import AudioMambaEncoder
 
@@ -111,11 +113,7 @@ class ObjectiveConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ObjectiveConfig:
         """Build from a dict (e.g. a YAML section), rejecting unknown keys by name."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown ObjectiveConfig field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values)
 
 
 @dataclass(frozen=True)
