@@ -6,8 +6,10 @@ default two masked passes. For each thread count it times ``--repeats`` steps af
 untimed ones (minimum wall time and minimum process CPU time; the CPU time stays meaningful when
 other jobs share the cores) and then records one step with ``torch.profiler``, printing the ops
 with the largest self CPU time. ``--out-dir`` also writes the numbers and tables as JSON.
-``--compare-fused-ops`` instead alternates steps with the fused mixer ops on and off in one process
-(paired timings, less sensitive to changing load) and prints the minimum of each.
+``--compare-fused-ops`` instead alternates steps with the fused mixer ops on and off in one process,
+and ``--compare-scan B`` alternates steps with the ``--scan`` backend and backend ``B`` (paired
+timings of one model, far less sensitive to changing load than separate runs); both print the
+minimum of each and their ratio.
 
 examples:
   python benchmarks/profile_step.py                                   # default scan backend, 1 and 2 threads
@@ -15,6 +17,7 @@ examples:
   python benchmarks/profile_step.py --scan fused --no-fused-ops       # scan kernel only, conv in PyTorch
   python benchmarks/profile_step.py --scan fused --top 20 --out-dir benchmarks/results
   python benchmarks/profile_step.py --scan fused --threads 1 --compare-fused-ops --repeats 5
+  python benchmarks/profile_step.py --scan fused --compare-scan chunked --repeats 3   # the issue-7 ratio
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,30 +96,61 @@ def measure(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     }
 
 
-def compare_fused_ops(args: argparse.Namespace, threads: int) -> dict[str, Any]:
-    """Min step times with the fused mixer ops on and off, from alternating steps of one model."""
+def alternate(args: argparse.Namespace, threads: int, variants: dict[str, Callable[[MaskedPatchModel], None]]) -> dict[str, Any]:
+    """Min step time of each variant from alternating steps of one model; ``variants`` maps a label
+    to a function that switches the model to that variant."""
     torch.set_num_threads(threads)
     model, optimizer, fbank = build(args)
-    for _ in range(args.warmup):
-        train_step(model, optimizer, fbank)
-    times: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    times: dict[str, list[tuple[float, float]]] = {label: [] for label in variants}
+    for label, switch in variants.items():  # warm up every variant (e.g. build the compiled scan)
+        switch(model)
+        for _ in range(args.warmup):
+            train_step(model, optimizer, fbank)
     for _ in range(args.repeats):
-        for enabled in (True, False):
-            mamba.set_fused_ops_enabled(enabled)
+        for label, switch in variants.items():
+            switch(model)
             wall0, cpu0 = time.perf_counter(), time.process_time()
             train_step(model, optimizer, fbank)
-            times[enabled].append((time.perf_counter() - wall0, time.process_time() - cpu0))
-    mamba.set_fused_ops_enabled(not args.no_fused_ops)
+            times[label].append((time.perf_counter() - wall0, time.process_time() - cpu0))
     result: dict[str, Any] = {"scan": args.scan or "auto", "threads": threads}
-    for enabled, label in ((True, "fused_ops"), (False, "plain_ops")):
-        result[f"{label}_step_wall_s"] = min(w for w, _ in times[enabled])
-        result[f"{label}_step_cpu_s"] = min(c for _, c in times[enabled])
-    print(
-        f"\nscan={result['scan']} threads={threads}, alternating steps (min of {args.repeats} each): "
-        f"fused ops {result['fused_ops_step_wall_s'] * 1e3:.0f} ms wall / {result['fused_ops_step_cpu_s'] * 1e3:.0f} ms CPU, "
-        f"plain ops {result['plain_ops_step_wall_s'] * 1e3:.0f} ms wall / {result['plain_ops_step_cpu_s'] * 1e3:.0f} ms CPU"
+    for label in variants:
+        result[f"{label}_step_wall_s"] = min(w for w, _ in times[label])
+        result[f"{label}_step_cpu_s"] = min(c for _, c in times[label])
+    first, second = variants
+    ratio = result[f"{second}_step_wall_s"] / result[f"{first}_step_wall_s"]
+    result["ratio"] = ratio
+    steps = ", ".join(
+        f"{label} {result[f'{label}_step_wall_s'] * 1e3:.0f} ms wall / {result[f'{label}_step_cpu_s'] * 1e3:.0f} ms CPU" for label in variants
     )
+    print(f"\nthreads={threads}, alternating steps (min of {args.repeats} each): {steps}; {second} / {first} = {ratio:.2f}x")
     return result
+
+
+def compare_fused_ops(args: argparse.Namespace, threads: int) -> dict[str, Any]:
+    """The ``--scan`` backend with the fused mixer ops on and off, alternating."""
+    variants = {
+        "fused_ops": lambda model: mamba.set_fused_ops_enabled(True),
+        "plain_ops": lambda model: mamba.set_fused_ops_enabled(False),
+    }
+    result = alternate(args, threads, variants)
+    mamba.set_fused_ops_enabled(not args.no_fused_ops)
+    return result
+
+
+def set_scan_backend(model: MaskedPatchModel, backend: str | None) -> None:
+    """Point every mixer of ``model`` at ``backend``."""
+    for module in model.modules():
+        if isinstance(module, mamba.MambaMixer):
+            module.scan_backend = backend
+
+
+def compare_scan(args: argparse.Namespace, threads: int) -> dict[str, Any]:
+    """The ``--scan`` backend against ``--compare-scan``, alternating."""
+    variants = {
+        args.scan or "auto": lambda model: set_scan_backend(model, args.scan),
+        args.compare_scan: lambda model: set_scan_backend(model, args.compare_scan),
+    }
+    return alternate(args, threads, variants)
 
 
 def print_result(result: dict[str, Any]) -> None:
@@ -144,10 +179,15 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps (the minimum is reported)")
     parser.add_argument("--top", type=int, default=12, help="ops listed, by self CPU time")
     parser.add_argument("--compare-fused-ops", action="store_true", help="alternate steps with the fused mixer ops on and off (no profile)")
+    parser.add_argument("--compare-scan", choices=BACKENDS, default=None, help="alternate steps with this scan backend and --scan (no profile)")
     parser.add_argument("--out-dir", type=Path, default=None, help="also write profile_step_<scan>.json here")
     args = parser.parse_args()
     if min(args.threads) < 1 or args.repeats < 1 or args.warmup < 0:
         parser.error("--threads and --repeats must be positive, --warmup non-negative")
+    if args.compare_scan is not None and args.compare_fused_ops:
+        parser.error("use one of --compare-scan and --compare-fused-ops")
+    if args.compare_scan is not None and args.compare_scan == args.scan:
+        parser.error(f"--compare-scan {args.compare_scan} is the --scan backend itself")
     mamba.set_fused_ops_enabled(not args.no_fused_ops)
 
     results = []
@@ -155,12 +195,17 @@ def main() -> int:
         if args.compare_fused_ops:
             results.append(compare_fused_ops(args, threads))
             continue
+        if args.compare_scan is not None:
+            results.append(compare_scan(args, threads))
+            continue
         result = measure(args, threads)
         print_result(result)
         results.append(result)
     if args.out_dir is not None:
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        suffix = (args.scan or "auto") + ("-compare" if args.compare_fused_ops else "-plain-ops" if args.no_fused_ops else "")
+        suffix = (args.scan or "auto") + (
+            "-compare" if args.compare_fused_ops else f"-vs-{args.compare_scan}" if args.compare_scan else "-plain-ops" if args.no_fused_ops else ""
+        )
         path = args.out_dir / f"profile_step_{suffix}.json"
         path.write_text(json.dumps(results, indent=1) + "\n")
         print(f"\nwrote {path}")

@@ -1,5 +1,6 @@
-"""Fused CPU mixer ops (causal conv + SiLU, direction merge): values and gradients against float64
-references written here, and their automatic use in MambaMixer."""
+"""Fused CPU mixer path: the conv + SiLU op's values and gradients against a float64 reference
+written here, and the channel-last fused mixer (conv op + channel-last scan with native reverse)
+against the plain PyTorch mixer."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from ssamba.models import fused_ops, mamba
-from ssamba.models.fused_ops import causal_conv1d_silu_channels_last, merge_directions
+from ssamba.models.fused_ops import causal_conv1d_silu_channels_last
 from ssamba.models.fused_scan import fused_status
 from ssamba.models.mamba import MambaMixer
 
@@ -32,8 +33,11 @@ def fused_ops_disabled():
 
 
 def reference_conv_silu(x, weight, bias, reverse):
-    """out[t] = silu(bias + sum_k w[:, k] * x[t - (K - 1) + k]) over (batch, L, E), by shifted sums."""
-    xs = x.flip(1) if reverse else x
+    """out[t] = silu(bias + sum_k w[:, k] * x[t - (K - 1) + k]) over (batch, L, E), by shifted sums;
+    with reverse the same over the flipped sequence, flipped back to input time order."""
+    if reverse:
+        return reference_conv_silu(x.flip(1), weight, bias, False).flip(1)
+    xs = x
     length, taps = xs.shape[1], weight.shape[1]
     pre = torch.zeros_like(xs) if bias is None else bias.expand_as(xs).clone()
     for k in range(taps):
@@ -64,17 +68,14 @@ def grads(outputs, upstream, inputs):
 def test_conv_matches_float64_reference(length, reverse, bias):
     wide, weight, b = conv_inputs(length, bias=bias)
     x = wide[..., :7]
-    rows, channels_first = causal_conv1d_silu_channels_last(x, weight, b, reverse)
+    out = causal_conv1d_silu_channels_last(x, weight, b, reverse)
     expected = reference_conv_silu(x, weight, b, reverse)
-    assert rows.shape == expected.shape and rows.is_contiguous() and channels_first.is_contiguous()
-    torch.testing.assert_close(rows, expected, rtol=FLOAT64_TOLERANCE, atol=FLOAT64_TOLERANCE)
-    torch.testing.assert_close(channels_first, expected.transpose(1, 2), rtol=FLOAT64_TOLERANCE, atol=FLOAT64_TOLERANCE)
+    assert out.shape == expected.shape and out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=FLOAT64_TOLERANCE, atol=FLOAT64_TOLERANCE)
 
-    g = torch.Generator().manual_seed(1)
-    up_rows = torch.randn(rows.shape, generator=g, dtype=rows.dtype)
-    up_cf = torch.randn(channels_first.shape, generator=g, dtype=rows.dtype)
-    got = grads([rows, channels_first], [up_rows, up_cf], [wide, weight, b])
-    want = grads([expected, expected.transpose(1, 2)], [up_rows, up_cf], [wide, weight, b])
+    up = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    got = grads([out], [up], [wide, weight, b])
+    want = grads([expected], [up], [wide, weight, b])
     for name, a, e in zip(["x", "weight", "bias"], got, want):
         torch.testing.assert_close(a, e, rtol=FLOAT64_TOLERANCE, atol=FLOAT64_TOLERANCE, msg=lambda m, name=name: f"grad {name}: {m}")
     assert got[0][..., 7:].abs().max() == 0  # the other half of the wide tensor is untouched
@@ -82,28 +83,16 @@ def test_conv_matches_float64_reference(length, reverse, bias):
 
 @pytest.mark.parametrize("taps", [1, 2, 3, 6])
 @pytest.mark.parametrize("channels", [1, 17, 40])
-def test_conv_other_kernel_sizes_and_widths(taps, channels):
+@pytest.mark.parametrize("reverse", [False, True])
+def test_conv_other_kernel_sizes_and_widths(taps, channels, reverse):
     wide, weight, b = conv_inputs(37, channels=channels, taps=taps, seed=taps)
     x = wide[..., :channels]
-    rows, channels_first = causal_conv1d_silu_channels_last(x, weight, b, reverse=True)
-    expected = reference_conv_silu(x, weight, b, reverse=True)
-    torch.testing.assert_close(rows, expected, rtol=FLOAT64_TOLERANCE, atol=FLOAT64_TOLERANCE)
-    assert torch.equal(channels_first, rows.transpose(1, 2))
-    up = torch.randn_like(rows)
-    got = grads([rows], [up], [wide, weight, b])
+    out = causal_conv1d_silu_channels_last(x, weight, b, reverse=reverse)
+    expected = reference_conv_silu(x, weight, b, reverse=reverse)
+    torch.testing.assert_close(out, expected, rtol=FLOAT64_TOLERANCE, atol=FLOAT64_TOLERANCE)
+    up = torch.randn_like(out)
+    got = grads([out], [up], [wide, weight, b])
     want = grads([expected], [up], [wide, weight, b])
-    for a, e in zip(got, want):
-        torch.testing.assert_close(a, e, rtol=FLOAT64_TOLERANCE, atol=FLOAT64_TOLERANCE)
-
-
-@pytest.mark.parametrize("used", ["rows", "channels_first"])
-def test_conv_gradient_from_one_output_only(used):
-    wide, weight, b = conv_inputs(45)
-    x = wide[..., :7]
-    rows, channels_first = causal_conv1d_silu_channels_last(x, weight, b)
-    out = rows if used == "rows" else channels_first.transpose(1, 2)
-    got = torch.autograd.grad(out.square().sum(), [wide, weight, b])
-    want = torch.autograd.grad(reference_conv_silu(x, weight, b, False).square().sum(), [wide, weight, b])
     for a, e in zip(got, want):
         torch.testing.assert_close(a, e, rtol=FLOAT64_TOLERANCE, atol=FLOAT64_TOLERANCE)
 
@@ -111,7 +100,7 @@ def test_conv_gradient_from_one_output_only(used):
 def test_conv_float32_close_to_float64_reference():
     wide, weight, b = conv_inputs(513, channels=48)
     x32, w32, b32 = (t.detach().float().requires_grad_() for t in (wide[..., :48], weight, b))
-    rows, _ = causal_conv1d_silu_channels_last(x32, w32, b32, reverse=True)
+    rows = causal_conv1d_silu_channels_last(x32, w32, b32, reverse=True)
     up = torch.randn(rows.shape, dtype=torch.float64)
     rows.backward(up.float())
     expected = reference_conv_silu(wide[..., :48], weight, b, True)
@@ -129,8 +118,8 @@ def test_conv_does_not_depend_on_thread_count():
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            rows, cf = causal_conv1d_silu_channels_last(wide[..., :32], weight, b, reverse=True)
-            results.append((rows, *grads([rows, cf], [torch.ones_like(rows), torch.ones_like(cf)], [wide, weight, b])))
+            rows = causal_conv1d_silu_channels_last(wide[..., :32], weight, b, reverse=True)
+            results.append((rows, *grads([rows], [torch.ones_like(rows)], [wide, weight, b])))
     finally:
         torch.set_num_threads(previous)
     for a, e in zip(*results):
@@ -147,29 +136,9 @@ def test_conv_rejects_bad_inputs():
         causal_conv1d_silu_channels_last(torch.ones(1, 3, 7, dtype=torch.long), weight, b)
 
 
-@pytest.mark.parametrize("length", [1, 2, 33, 70])
-@pytest.mark.parametrize("scale", [1.0, 0.5])
-def test_merge_directions_matches_reference(length, scale):
-    g = torch.Generator().manual_seed(length)
-    y_fwd = torch.randn(2, 19, length, generator=g, dtype=torch.float64, requires_grad=True)
-    y_bwd = torch.randn(2, 19, length, generator=g, dtype=torch.float64, requires_grad=True)
-    got = merge_directions(y_fwd, y_bwd, scale)
-    expected = torch.stack([(y_fwd[..., t] + y_bwd[..., length - 1 - t]) * scale for t in range(length)], dim=1)
-    assert got.is_contiguous()
-    assert torch.equal(got, expected)
-    up = torch.randn(got.shape, generator=g, dtype=torch.float64)
-    for a, e in zip(grads([got], [up], [y_fwd, y_bwd]), grads([expected], [up], [y_fwd, y_bwd])):
-        assert torch.equal(a, e)
-
-
-def test_merge_directions_rejects_mismatched_shapes():
-    with pytest.raises(ValueError, match=r"must be \(batch, E, L\) of one shape, got \(1, 2, 3\) and \(1, 2, 4\)"):
-        merge_directions(torch.zeros(1, 2, 3), torch.zeros(1, 2, 4))
-
-
-def _mixer_outputs_and_grads(bimamba, length, dtype):
+def _mixer_outputs_and_grads(bimamba, length, dtype, scan_backend):
     torch.manual_seed(3)
-    m = MambaMixer(16, d_state=8, bimamba=bimamba, scan_backend="ref").to(dtype)
+    m = MambaMixer(16, d_state=8, bimamba=bimamba, scan_backend=scan_backend).to(dtype)
     with torch.no_grad():
         for p in m.parameters():  # distinct forward/backward parameters, non-trivial conv bias
             p.add_(0.05 * torch.randn_like(p))
@@ -180,24 +149,34 @@ def _mixer_outputs_and_grads(bimamba, length, dtype):
 
 
 @pytest.mark.parametrize("bimamba", ["none", "v1", "v2"])
-@pytest.mark.parametrize("length", [1, 9])
-def test_mixer_uses_fused_ops_and_matches_plain_pytorch(bimamba, length, monkeypatch):
+@pytest.mark.parametrize("length", [1, 9, 70])
+def test_channels_last_fused_mixer_matches_plain_pytorch(bimamba, length, monkeypatch):
+    """With backend 'fused' the mixer runs the conv op and the channel-last scan (reverse for the
+    backward direction, no flips); it must equal the plain mixer over the float64 'ref' scan."""
     calls = []
-    for name in ("causal_conv1d_silu_channels_last", "merge_directions"):
-        original = getattr(fused_ops, name)
-        monkeypatch.setattr(fused_ops, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
-    fused = _mixer_outputs_and_grads(bimamba, length, torch.float64)
-    assert "causal_conv1d_silu_channels_last" in calls
-    assert ("merge_directions" in calls) == (bimamba != "none")
-    mamba.set_fused_ops_enabled(False)
-    try:
-        calls.clear()
-        plain = _mixer_outputs_and_grads(bimamba, length, torch.float64)
-        assert calls == []
-    finally:
-        mamba.set_fused_ops_enabled(True)
+    for module, name in ((fused_ops, "causal_conv1d_silu_channels_last"), (mamba, "fused_selective_scan_channels_last")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: calls.append((_n, k.get("reverse", a[3] if len(a) > 3 else False))) or _f(*a, **k))
+    fused = _mixer_outputs_and_grads(bimamba, length, torch.float64, "fused")
+    scans = [reverse for name, reverse in calls if name == "fused_selective_scan_channels_last"]
+    assert scans == ([False] if bimamba == "none" else [False, True])
+    assert sum(name == "causal_conv1d_silu_channels_last" for name, _ in calls) == (2 if bimamba == "v2" else 1)
+    calls.clear()
+    plain = _mixer_outputs_and_grads(bimamba, length, torch.float64, "ref")
+    assert [name for name, _ in calls] == ["causal_conv1d_silu_channels_last"] * (2 if bimamba == "v2" else 1)
     for a, e in zip(fused, plain):
-        torch.testing.assert_close(a, e, rtol=FLOAT64_TOLERANCE, atol=FLOAT64_TOLERANCE)
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9)
+
+
+def test_disabled_fused_ops_run_plain_pytorch(fused_ops_disabled, monkeypatch):
+    monkeypatch.setattr(fused_ops, "causal_conv1d_silu_channels_last", lambda *a, **k: pytest.fail("fused conv used while disabled"))
+    monkeypatch.setattr(mamba, "fused_selective_scan_channels_last", lambda *a, **k: pytest.fail("channel-last scan used while disabled"))
+    fused_off = _mixer_outputs_and_grads("v2", 9, torch.float64, "fused")
+    mamba.set_fused_ops_enabled(True)
+    monkeypatch.undo()
+    fused_on = _mixer_outputs_and_grads("v2", 9, torch.float64, "fused")
+    for a, e in zip(fused_off, fused_on):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9)
 
 
 def test_mixer_falls_back_for_unsupported_dtype(monkeypatch):

@@ -11,8 +11,11 @@ import torch.nn.functional as F
 from ssamba.models import fused_scan
 from ssamba.models.fused_scan import (
     CHECKPOINT_INTERVAL,
+    fused_kernel_isas,
     fused_selective_scan,
+    fused_selective_scan_channels_last,
     fused_status,
+    set_fused_kernel_isa,
 )
 
 FLOAT32_TOLERANCE = 1e-5
@@ -119,17 +122,19 @@ def outputs_and_grads(fn, inputs: dict, dtype: torch.dtype, grad_out: torch.Tens
 
 
 def assert_matches_reference(
-    inputs: dict, dtype: torch.dtype = torch.float32, tolerance=FLOAT32_TOLERANCE
+    inputs: dict,
+    dtype: torch.dtype = torch.float32,
+    tolerance=FLOAT32_TOLERANCE,
+    fn=fused_selective_scan,
+    reference=reference_scan,
 ):
     grad_out = torch.randn(
         inputs["u"].shape,
         generator=torch.Generator().manual_seed(1),
         dtype=torch.float64,
     )
-    y_ref, grads_ref = outputs_and_grads(
-        reference_scan, inputs, torch.float64, grad_out
-    )
-    y, grads = outputs_and_grads(fused_selective_scan, inputs, dtype, grad_out)
+    y_ref, grads_ref = outputs_and_grads(reference, inputs, torch.float64, grad_out)
+    y, grads = outputs_and_grads(fn, inputs, dtype, grad_out)
     assert y.dtype == dtype and y.shape == y_ref.shape
     errors = {"y": relative_error(y, y_ref)}
     assert set(grads) == set(grads_ref)
@@ -141,6 +146,67 @@ def assert_matches_reference(
     assert errors[worst] <= tolerance, (
         f"{worst} relative error {errors[worst]:.2e} > {tolerance:.0e}: {errors}"
     )
+
+
+def reference_channels_last(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
+    """The (batch, dim, L) reference on transposed inputs, run on the flipped sequence (and
+    flipped back) when ``reverse``."""
+
+    def scan_layout(t):
+        if t is None:
+            return None
+        t = t.transpose(1, 2)
+        return t.flip(-1) if reverse else t
+
+    y = reference_scan(scan_layout(u), scan_layout(delta), A, scan_layout(B), scan_layout(C), D, scan_layout(z), delta_bias, delta_softplus)
+    return (y.flip(-1) if reverse else y).transpose(1, 2)
+
+
+def channels_last_inputs(inputs: dict, reverse: bool) -> dict:
+    """make_inputs' tensors in the channel-last layout; u, z and B as strided slices of wider
+    tensors, like the mixer's views of its projections."""
+    out = dict(inputs, reverse=reverse)
+    for name in ("u", "delta", "B", "C", "z"):
+        if inputs[name] is not None:
+            out[name] = inputs[name].transpose(1, 2).contiguous()
+    for name in ("u", "z", "B"):
+        if out[name] is not None:
+            out[name] = torch.cat([out[name], torch.zeros_like(out[name])], dim=-1)[..., : out[name].shape[-1]]
+    return out
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("length", [1, 17, K + 1, 2 * K + 3])
+@pytest.mark.parametrize("dim", [16, 37])
+def test_channels_last_matches_reference(reverse, length, dim):
+    """The mixer's entry point: channel-last strided views, a partial last tile of channels
+    (dim 37 = 2 x 16 + 5) and the time-reversed recurrence."""
+    inputs = channels_last_inputs(make_inputs(dim=dim, length=length, seed=length + dim), reverse)
+    assert not inputs["u"].is_contiguous() and inputs["u"].stride(-1) == 1
+    assert_matches_reference(inputs, fn=fused_selective_scan_channels_last, reference=reference_channels_last)
+    assert_matches_reference(inputs, torch.float64, FLOAT64_TOLERANCE, fused_selective_scan_channels_last, reference_channels_last)
+
+
+def test_every_kernel_isa_matches_reference():
+    """Each instruction-set build of the kernels this CPU runs (AVX-512, AVX2, baseline on
+    x86-64), forwards and reversed, float32 and float64."""
+    isas = fused_kernel_isas()
+    assert isas[-1] == "baseline"
+    try:
+        for isa in isas:
+            set_fused_kernel_isa(isa)
+            for reverse in (False, True):
+                inputs = channels_last_inputs(make_inputs(dim=21, length=2 * K + 3, seed=23), reverse)
+                assert_matches_reference(inputs, fn=fused_selective_scan_channels_last, reference=reference_channels_last)
+                assert_matches_reference(inputs, torch.float64, FLOAT64_TOLERANCE, fused_selective_scan_channels_last, reference_channels_last)
+            assert_matches_reference(make_inputs(n_state=5, length=K + 2, seed=24))
+    finally:
+        set_fused_kernel_isa(isas[0])
+
+
+def test_unknown_kernel_isa_is_rejected():
+    with pytest.raises(RuntimeError, match=r"scan kernels for 'sse9' are not available on this CPU; available: .*baseline"):
+        set_fused_kernel_isa("sse9")
 
 
 @pytest.mark.parametrize("length", [1, 17, 67, 130, K - 1, K, K + 1, 2 * K + 3])

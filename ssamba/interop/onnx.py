@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssamba.models.encoder import AudioMambaEncoder
-from ssamba.models.mamba import MambaMixer
+from ssamba.models.mamba import MambaMixer, from_scan_layout, to_scan_layout
 
 DEFAULT_OPSET = 17
 ONNX_EXTRA_HINT = "pip install 'ssamba[onnx]'"
@@ -54,11 +54,13 @@ def prefix_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Te
     return (y + D[:, None] * u) * F.silu(z)
 
 
-def _mixer_scan(self: MambaMixer, x: Tensor, x_dbl: Tensor, dt_proj: nn.Linear, A_log: Tensor, D: Tensor, z: Tensor) -> Tensor:
+def _mixer_scan(self: MambaMixer, xc: Tensor, x_dbl: Tensor, dt_proj: nn.Linear, A_log: Tensor, D: Tensor, z: Tensor, reverse: bool) -> Tensor:
     """Drop-in for ``MambaMixer._scan`` on the export copy: same inputs, :func:`prefix_scan` inside."""
     dt_low, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-    delta = F.softplus(dt_low @ dt_proj.weight.t() + dt_proj.bias).transpose(1, 2)
-    return prefix_scan(x, delta, -torch.exp(A_log), B.transpose(1, 2), C.transpose(1, 2), D, z)
+    delta = F.softplus(dt_low @ dt_proj.weight.t() + dt_proj.bias)
+    u, dt, b, c, gate = (to_scan_layout(t, reverse) for t in (xc, delta, B, C, z))
+    y = prefix_scan(u, dt, -torch.exp(A_log), b, c, D, gate)
+    return from_scan_layout(y, reverse)
 
 
 def export_copy(encoder: AudioMambaEncoder) -> AudioMambaEncoder:

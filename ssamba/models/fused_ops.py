@@ -1,18 +1,11 @@
-"""Fused C++ CPU ops of the Mamba mixer around the selective scan, with exact gradients.
+"""Fused C++ CPU op of the Mamba mixer in front of the selective scan, with exact gradients.
 
-They live in the same extension as the fused scan (``csrc/mixer_ops.cpp``, built and loaded by
-``ssamba.models.fused_scan``) and exist to remove passes over memory that the plain PyTorch
-mixer spends on layout changes:
-
-* :func:`causal_conv1d_silu_channels_last`: depthwise causal conv + SiLU read straight from the
-  channel-last output of ``in_proj`` (no transpose or flip copy of the input), optionally over
-  the time-reversed sequence, returned in both layouts the mixer needs: (batch, L, E) for
-  ``x_proj`` and (batch, E, L) for the scan. PyTorch's CPU depthwise conv1d is also slow.
-* :func:`merge_directions`: ``scale * (y_fwd + flip(y_bwd))`` of the two scan outputs of a
-  bidirectional mixer, transposed to (batch, L, E) for ``out_proj`` in one pass (instead of a
-  flip, an add, a scale and a transpose copy, and the same again in the backward).
-
-Both compute in float32 or float64 (the dtype of their inputs) on CPU tensors.
+It lives in the same extension as the fused scan (``csrc/mixer_ops.cpp``, built and loaded by
+``ssamba.models.fused_scan``). :func:`causal_conv1d_silu_channels_last` is the depthwise causal
+conv + SiLU read straight from the channel-last output of ``in_proj`` (no transpose copy),
+optionally anti-causal (the backward direction of a bidirectional mixer, without a flip copy),
+and written channel-last for ``x_proj`` and the fused scan. PyTorch's CPU depthwise conv1d is
+also slow. It computes in float32 or float64 (the dtype of its inputs) on CPU tensors.
 """
 
 from __future__ import annotations
@@ -24,7 +17,7 @@ from torch import Tensor
 
 from ssamba.models.fused_scan import fused_extension
 
-__all__ = ["causal_conv1d_silu_channels_last", "merge_directions"]
+__all__ = ["causal_conv1d_silu_channels_last"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
@@ -46,29 +39,28 @@ def _check_floating_cpu(op: str, **tensors: Tensor | None) -> None:
 
 class _CausalConv1dSilu(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor]:
-        out_cl, out_cf = fused_extension().causal_conv1d_silu_forward(x, weight, bias, reverse)
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, reverse: bool) -> Tensor:
         ctx.save_for_backward(x, weight, bias)
         ctx.reverse = reverse
-        return out_cl, out_cf
+        return fused_extension().causal_conv1d_silu_forward(x, weight, bias, reverse)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_cl: Tensor | None, grad_cf: Tensor | None) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, bias = ctx.saved_tensors
-        dx, dweight, dbias = fused_extension().causal_conv1d_silu_backward(x, weight, bias, ctx.reverse, grad_cl, grad_cf)
+        dx, dweight, dbias = fused_extension().causal_conv1d_silu_backward(x, weight, bias, ctx.reverse, grad)
         return dx, dweight, (dbias if bias is not None else None), None
 
 
-def causal_conv1d_silu_channels_last(x: Tensor, weight: Tensor, bias: Tensor | None = None, reverse: bool = False) -> tuple[Tensor, Tensor]:
-    """Depthwise causal conv over time + SiLU of a channel-last ``x`` (batch, L, E).
+def causal_conv1d_silu_channels_last(x: Tensor, weight: Tensor, bias: Tensor | None = None, reverse: bool = False) -> Tensor:
+    """Depthwise causal conv over time + SiLU of a channel-last ``x`` (batch, L, E) -> (batch, L, E).
 
     ``weight`` is (E, K) (an ``nn.Conv1d(E, E, K, groups=E)`` weight squeezed), ``bias`` (E,).
     ``out[t] = silu(bias + sum_k weight[:, k] * x[t - (K - 1) + k])`` with zeros before the start.
-    With ``reverse`` the conv runs over ``x`` flipped in time and the result stays in that
-    flipped order (as ``conv(x.flip(1))``). ``x`` may be a strided view (e.g. a slice of
-    ``in_proj``'s output) as long as its channels are contiguous. Returns the result as
-    (batch, L, E) and as (batch, E, L); gradients flow from both.
+    With ``reverse`` the conv runs over the time-reversed sequence and the result is returned in
+    input time order: ``out[t] = silu(bias + sum_k weight[:, k] * x[t + (K - 1) - k])``, i.e.
+    ``conv(x.flip(1)).flip(1)``. ``x`` may be a strided view (e.g. a slice of ``in_proj``'s
+    output) as long as its channels are contiguous.
     """
     op = "causal_conv1d_silu_channels_last"
     _check_floating_cpu(op, x=x, weight=weight, bias=bias)
@@ -81,28 +73,3 @@ def causal_conv1d_silu_channels_last(x: Tensor, weight: Tensor, bias: Tensor | N
     if x.stride(2) != 1:
         x = x.contiguous()
     return _CausalConv1dSilu.apply(x, weight.contiguous(), bias, bool(reverse))
-
-
-class _MergeDirections(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, y_fwd: Tensor, y_bwd: Tensor, scale: float) -> Tensor:
-        ctx.scale = scale
-        return fused_extension().merge_directions_forward(y_fwd, y_bwd, scale)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        grad_fwd, grad_bwd = fused_extension().merge_directions_backward(grad, ctx.scale)
-        return grad_fwd, grad_bwd, None
-
-
-def merge_directions(y_fwd: Tensor, y_bwd: Tensor, scale: float = 1.0) -> Tensor:
-    """``(scale * (y_fwd + y_bwd.flip(-1))).transpose(1, 2)`` as one contiguous (batch, L, E) tensor.
-
-    ``y_fwd`` and ``y_bwd`` are (batch, E, L); ``y_bwd`` is in reversed time order.
-    """
-    op = "merge_directions"
-    _check_floating_cpu(op, y_fwd=y_fwd, y_bwd=y_bwd)
-    if y_fwd.dim() != 3 or y_fwd.shape != y_bwd.shape:
-        raise ValueError(f"{op}: y_fwd and y_bwd must be (batch, E, L) of one shape, got {tuple(y_fwd.shape)} and {tuple(y_bwd.shape)}")
-    return _MergeDirections.apply(y_fwd.contiguous(), y_bwd.contiguous(), float(scale))

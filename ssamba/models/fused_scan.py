@@ -7,11 +7,18 @@ The extension (``csrc/selective_scan.cpp``, plus the mixer ops of ``csrc/mixer_o
 cached build in well under a second. It needs a C++ compiler and ninja at run time.
 ``fused_status()`` says whether it is usable here; nothing is compiled at import time.
 
-Semantics and layout follow mamba_ssm's ``selective_scan_fn``. The forward keeps the state
-only every ``CHECKPOINT_INTERVAL`` steps; the backward recomputes each block from its
-checkpoint, so the extra memory is O(batch * dim * N * L / CHECKPOINT_INTERVAL) and no
-(batch, L, dim, N) tensor is ever built. Work is spread over ``torch.get_num_threads()`` OpenMP
-threads, one (batch, dim) channel at a time.
+Semantics follow mamba_ssm's ``selective_scan_fn``. The kernel works channel-last, the layout
+the mixer produces: :func:`fused_selective_scan_channels_last` takes (batch, L, dim) inputs (views
+of the projections' outputs need no copy) and runs the recurrence backwards in time with
+``reverse`` (a bidirectional mixer's second direction, without flips);
+:func:`fused_selective_scan` is the same op in mamba_ssm's (batch, dim, L) layout. One SIMD vector
+holds 16 adjacent channels (float32), so the recurrence is vectorised over channels with no
+horizontal sums. The forward keeps the state only every ``CHECKPOINT_INTERVAL`` steps; the
+backward recomputes each block from its checkpoint, so the extra memory is
+O(batch * dim * N * L / CHECKPOINT_INTERVAL) and no (batch, L, dim, N) tensor is ever built.
+Work is spread over ``torch.get_num_threads()`` OpenMP threads, one (batch, 16 channels) tile at
+a time. On x86-64 with GCC the kernels are compiled for AVX-512, AVX2 and the baseline ISA and the
+widest one the CPU runs is used (:func:`fused_kernel_isas`).
 """
 
 from __future__ import annotations
@@ -24,7 +31,15 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["CHECKPOINT_INTERVAL", "fused_extension", "fused_selective_scan", "fused_status"]
+__all__ = [
+    "CHECKPOINT_INTERVAL",
+    "fused_extension",
+    "fused_kernel_isas",
+    "fused_selective_scan",
+    "fused_selective_scan_channels_last",
+    "fused_status",
+    "set_fused_kernel_isa",
+]
 
 # Steps between stored states in the forward; the backward recomputes blocks of this length.
 CHECKPOINT_INTERVAL = 64
@@ -35,7 +50,9 @@ _SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan.cpp"
 _EXTRA_SOURCES = (Path(__file__).resolve().parent / "csrc" / "mixer_ops.cpp",)
 # Portable flags: no -march=native (the build cache may be shared between machines); the
 # source carries AVX-512/AVX2 clones of its hot loops that are selected at load time.
-_CXX_FLAGS = ["-O3", "-fopenmp"]
+# -ffp-contract=fast lets a * b + c become one fused multiply-add (torch builds with ISO -std,
+# which turns contraction off).
+_CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=fast"]
 _LD_FLAGS = ["-fopenmp"]
 _MAX_REASON_CHARS = 300
 
@@ -101,6 +118,19 @@ def fused_status() -> str | None:
     return _status
 
 
+def fused_kernel_isas() -> list[str]:
+    """Instruction sets the scan kernels are built for and this CPU runs, widest (default) first:
+    ``x86-64-v4`` (AVX-512), ``x86-64-v3`` (AVX2) and ``baseline`` on x86-64 with GCC; others
+    build ``baseline`` only."""
+    return list(fused_extension().scan_isas())
+
+
+def set_fused_kernel_isa(name: str) -> None:
+    """Run the scan kernels built for ``name`` (one of :func:`fused_kernel_isas`) in this process,
+    e.g. to check every build against the reference on one machine."""
+    fused_extension().set_scan_isa(name)
+
+
 def fused_extension() -> ModuleType:
     """The loaded extension module (built on first use); RuntimeError with the reason if unusable."""
     extension = _load()
@@ -110,81 +140,125 @@ def fused_extension() -> ModuleType:
 
 
 class _FusedSelectiveScan(torch.autograd.Function):
-    """Autograd wrapper around the C++ forward/backward (inputs already validated, one dtype)."""
+    """Autograd wrapper around the C++ forward/backward (channel-last inputs, validated, one dtype)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        extension = fused_extension()
-        u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
-        # (batch, L, N): N innermost for the kernel
-        B_t = B.transpose(1, 2).contiguous()
-        C_t = C.transpose(1, 2).contiguous()
-        D = None if D is None else D.contiguous()
-        z = None if z is None else z.contiguous()
-        delta_bias = None if delta_bias is None else delta_bias.contiguous()
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+        A_t = A.t().contiguous()
         save = any(ctx.needs_input_grad[:8])
-        out, y_pre_gate, checkpoints = extension.forward(
-            u,
-            delta,
-            A,
-            B_t,
-            C_t,
-            D,
-            z,
-            delta_bias,
-            delta_softplus,
-            CHECKPOINT_INTERVAL,
-            save,
+        out, y_pre_gate, checkpoints = fused_extension().forward(
+            u, delta, A_t, B, C, D, z, delta_bias, delta_softplus, reverse, CHECKPOINT_INTERVAL, save
         )
         if save:
-            ctx.save_for_backward(
-                u, delta, A, B_t, C_t, D, z, delta_bias, y_pre_gate, checkpoints
-            )
-            ctx.delta_softplus = delta_softplus
+            ctx.save_for_backward(u, delta, A_t, B, C, D, z, delta_bias, y_pre_gate, checkpoints)
+            ctx.flags = (delta_softplus, reverse)
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
-        u, delta, A, B_t, C_t, D, z, delta_bias, y_pre_gate, checkpoints = (
-            ctx.saved_tensors
-        )
-        extension = fused_extension()
-        du, ddelta, dA, dB_t, dC_t, dD, dz, ddelta_bias = extension.backward(
-            u,
-            delta,
-            A,
-            B_t,
-            C_t,
-            D,
-            z,
-            delta_bias,
-            ctx.delta_softplus,
-            CHECKPOINT_INTERVAL,
-            dout.contiguous(),
-            y_pre_gate,
-            checkpoints,
+        u, delta, A_t, B, C, D, z, delta_bias, y_pre_gate, checkpoints = ctx.saved_tensors
+        delta_softplus, reverse = ctx.flags
+        du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = fused_extension().backward(
+            u, delta, A_t, B, C, D, z, delta_bias, delta_softplus, reverse, CHECKPOINT_INTERVAL,
+            dout.contiguous(), y_pre_gate, checkpoints,
         )
         return (
             du,
             ddelta,
             dA,
-            dB_t.transpose(1, 2).contiguous(),
-            dC_t.transpose(1, 2).contiguous(),
+            dB,
+            dC,
             dD if D is not None else None,
             dz if z is not None else None,
             ddelta_bias if delta_bias is not None else None,
             None,
+            None,
         )
 
 
-def _check_shape(
-    name: str, tensor: torch.Tensor, expected: tuple[int, ...], layout: str
-) -> None:
-    if tuple(tensor.shape) != expected:
-        raise ValueError(
-            f"fused_selective_scan: {name} must have shape {layout} = {expected}, "
-            f"got {tuple(tensor.shape)}"
-        )
+def _check_arguments(op: str, tensors: dict[str, torch.Tensor | None], shapes: dict[str, tuple[tuple[int, ...], str]]) -> torch.dtype:
+    """TypeError/ValueError naming the first bad argument; returns the compute dtype."""
+    present = {name: t for name, t in tensors.items() if t is not None}
+    for name, tensor in present.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if not tensor.is_floating_point():
+            raise TypeError(f"{op}: {name} must be a floating tensor, got {tensor.dtype}")
+        if tensor.device.type != "cpu":
+            raise ValueError(f"{op} runs on CPU tensors only; {name} is on {tensor.device}")
+    for name, (expected, layout) in shapes.items():
+        tensor = present.get(name)
+        if tensor is not None and tuple(tensor.shape) != expected:
+            raise ValueError(f"{op}: {name} must have shape {layout} = {expected}, got {tuple(tensor.shape)}")
+    return torch.float64 if any(t.dtype == torch.float64 for t in present.values()) else torch.float32
+
+
+def fused_selective_scan_channels_last(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    reverse: bool = False,
+) -> torch.Tensor:
+    """Mamba-1 selective scan on CPU in the channel-last layout the mixer produces.
+
+    Shapes: u, delta, z (batch, L, dim); A (dim, N); B, C (batch, L, N); D, delta_bias (dim,).
+    Inputs may be strided views (e.g. slices of a projection's output) as long as their last
+    dimension is contiguous; others are copied. With ``reverse`` the recurrence runs from the
+    last step to the first (the backward direction of a bidirectional mixer, without flips);
+    the output stays in input time order. float32 and float64 are computed natively;
+    float16/bfloat16 are computed in float32 and cast back. Differentiable in every tensor.
+    """
+    op = "fused_selective_scan_channels_last"
+    if not isinstance(u, torch.Tensor) or u.dim() != 3:
+        raise ValueError(f"{op}: u must be a (batch, L, dim) tensor, got {getattr(u, 'shape', type(u).__name__)}")
+    if not isinstance(A, torch.Tensor) or A.dim() != 2:
+        raise ValueError(f"{op}: A must be a (dim, N) tensor, got {getattr(A, 'shape', type(A).__name__)}")
+    batch, length, dim = u.shape
+    n_state = A.shape[1]
+    if length == 0:
+        raise ValueError(f"{op}: the sequence length L (dim 1 of u) must be at least 1")
+    per_channel = ((batch, length, dim), "(batch, L, dim)")
+    per_state = ((batch, length, n_state), "(batch, L, N)")
+    compute_dtype = _check_arguments(
+        op,
+        {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias},
+        {
+            "delta": per_channel,
+            "A": ((dim, n_state), "(dim, N)"),
+            "B": per_state,
+            "C": per_state,
+            "D": ((dim,), "(dim,)"),
+            "z": per_channel,
+            "delta_bias": ((dim,), "(dim,)"),
+        },
+    )
+
+    def prepare(t: torch.Tensor | None, vector: bool = False) -> torch.Tensor | None:
+        if t is None:
+            return None
+        t = t.to(compute_dtype)
+        return t.contiguous() if vector or t.stride(-1) != 1 else t
+
+    out = _FusedSelectiveScan.apply(
+        prepare(u),
+        prepare(delta),
+        prepare(A),
+        prepare(B),
+        prepare(C),
+        prepare(D, vector=True),
+        prepare(z),
+        prepare(delta_bias, vector=True),
+        bool(delta_softplus),
+        bool(reverse),
+    )
+    return out.to(u.dtype)
 
 
 def fused_selective_scan(
@@ -198,77 +272,49 @@ def fused_selective_scan(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
 ) -> torch.Tensor:
-    """Mamba-1 selective scan on CPU, fused in C++ (same semantics as ``selective_scan_fn``).
+    """Mamba-1 selective scan on CPU in mamba_ssm's layout (same semantics as ``selective_scan_fn``).
 
     Shapes: u, delta, z (batch, dim, L); A (dim, N); B, C (batch, N, L); D, delta_bias (dim,).
     Computes dt = softplus(delta + delta_bias) (or without softplus),
     h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t, y_t = C_t . h_t + D u_t, y *= silu(z).
-    float32 and float64 are computed natively; float16/bfloat16 are computed in float32 and
-    the result is cast back to u's dtype. Differentiable in every tensor argument.
+    The inputs are transposed to the kernel's channel-last layout (one copy each); the mixer
+    calls :func:`fused_selective_scan_channels_last` directly. Dtypes and gradients as there.
     """
-    named = {
-        "u": u,
-        "delta": delta,
-        "A": A,
-        "B": B,
-        "C": C,
-        "D": D,
-        "z": z,
-        "delta_bias": delta_bias,
-    }
-    present = {name: t for name, t in named.items() if t is not None}
-    for name, tensor in present.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(
-                f"fused_selective_scan: {name} must be a torch.Tensor, got {type(tensor).__name__}"
-            )
-        if not tensor.is_floating_point():
-            raise TypeError(
-                f"fused_selective_scan: {name} must be a floating tensor, got {tensor.dtype}"
-            )
-        if tensor.device.type != "cpu":
-            raise ValueError(
-                f"fused_selective_scan runs on CPU tensors only; {name} is on {tensor.device}"
-            )
-    if u.dim() != 3:
-        raise ValueError(
-            f"fused_selective_scan: u must be (batch, dim, L), got shape {tuple(u.shape)}"
-        )
-    if A.dim() != 2:
-        raise ValueError(
-            f"fused_selective_scan: A must be (dim, N), got shape {tuple(A.shape)}"
-        )
+    op = "fused_selective_scan"
+    if not isinstance(u, torch.Tensor) or u.dim() != 3:
+        raise ValueError(f"{op}: u must be a (batch, dim, L) tensor, got {getattr(u, 'shape', type(u).__name__)}")
+    if not isinstance(A, torch.Tensor) or A.dim() != 2:
+        raise ValueError(f"{op}: A must be a (dim, N) tensor, got {getattr(A, 'shape', type(A).__name__)}")
     batch, dim, length = u.shape
     n_state = A.shape[1]
-    _check_shape("delta", delta, (batch, dim, length), "(batch, dim, L)")
-    _check_shape("A", A, (dim, n_state), "(dim, N)")
-    _check_shape("B", B, (batch, n_state, length), "(batch, N, L)")
-    _check_shape("C", C, (batch, n_state, length), "(batch, N, L)")
-    if D is not None:
-        _check_shape("D", D, (dim,), "(dim,)")
-    if z is not None:
-        _check_shape("z", z, (batch, dim, length), "(batch, dim, L)")
-    if delta_bias is not None:
-        _check_shape("delta_bias", delta_bias, (dim,), "(dim,)")
-
-    compute_dtype = (
-        torch.float64
-        if any(t.dtype == torch.float64 for t in present.values())
-        else torch.float32
+    per_channel = ((batch, dim, length), "(batch, dim, L)")
+    per_state = ((batch, n_state, length), "(batch, N, L)")
+    _check_arguments(
+        op,
+        {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias},
+        {
+            "delta": per_channel,
+            "A": ((dim, n_state), "(dim, N)"),
+            "B": per_state,
+            "C": per_state,
+            "D": ((dim,), "(dim,)"),
+            "z": per_channel,
+            "delta_bias": ((dim,), "(dim,)"),
+        },
     )
 
-    def cast(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.to(compute_dtype)
+    def channels_last(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.transpose(1, 2)
 
-    out = _FusedSelectiveScan.apply(
-        cast(u),
-        cast(delta),
-        cast(A),
-        cast(B),
-        cast(C),
-        cast(D),
-        cast(z),
-        cast(delta_bias),
-        bool(delta_softplus),
+    y = fused_selective_scan_channels_last(
+        channels_last(u),
+        channels_last(delta),
+        A,
+        channels_last(B),
+        channels_last(C),
+        D,
+        channels_last(z),
+        delta_bias,
+        delta_softplus,
     )
-    return out.to(u.dtype)
+    return y.transpose(1, 2)

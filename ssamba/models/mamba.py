@@ -13,11 +13,16 @@ Bidirectional variants (``bimamba``), named as in AuM's paper:
 Both directions run on every backend and code path (Vim's non-CUDA path silently ran forward only).
 Parameter names follow the original checkpoints, so official weights load by a prefix rename.
 
-``in_proj`` produces ``x`` channel-last (batch, L, E) and ``z`` channel-first (batch, E, L). On CPU (float32/float64, eager mode), when the
-fused C++ extension builds, the causal conv + SiLU and the merge of the two directions run as the
-fused ops of ``ssamba.models.fused_ops`` (no transpose or flip copies around them); otherwise, and
-under tracing or ``torch.compile``, the same math runs in plain PyTorch.
-:func:`set_fused_ops_enabled` switches the fused ops off (for comparisons).
+Activations stay channel-last (batch, L, E) in input time order throughout: ``x`` and ``z`` are
+views of ``in_proj``'s output. The backward direction is a time-reversed recurrence
+(``reverse=True``) over an anti-causal conv, which equals running the forward recipe on the
+flipped sequence and flipping the result back. On CPU (float32/float64, eager mode), when the
+fused C++ extension builds and the scan backend is ``fused``, the conv + SiLU is the fused op of
+``ssamba.models.fused_ops`` and the scan runs channel-last with a native ``reverse`` (no
+transpose or flip copies anywhere); otherwise, and under tracing or ``torch.compile``, the
+conv runs in PyTorch and the scan goes through :func:`~ssamba.models.scan.selective_scan` in
+mamba_ssm's (batch, E, L) layout, with explicit flips for the backward direction.
+:func:`set_fused_ops_enabled` switches the fused path off (for comparisons).
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssamba.models import fused_ops
-from ssamba.models.fused_scan import fused_status
-from ssamba.models.scan import selective_scan
+from ssamba.models.fused_scan import fused_selective_scan_channels_last, fused_status
+from ssamba.models.scan import resolve_backend, selective_scan
 
 BimambaType = Literal["none", "v1", "v2"]
 NormType = Literal["layernorm", "rmsnorm"]
@@ -106,12 +111,6 @@ def _use_fused_ops(*tensors: Tensor) -> bool:
     return fused_status() is None
 
 
-def linear_channels_first(x: Tensor, weight: Tensor) -> Tensor:
-    """``F.linear(x, weight).transpose(1, 2)`` for ``x`` (batch, L, in), computed straight into a
-    contiguous (batch, out, L) tensor (one batched GEMM; no transpose copy, neither in the backward)."""
-    return torch.bmm(weight.expand(x.shape[0], -1, -1), x.transpose(1, 2))
-
-
 def _causal_conv1d_module():
     """The optional CUDA causal-conv1d kernel, or None."""
     try:
@@ -132,24 +131,25 @@ def causal_conv1d_silu(x: Tensor, conv: nn.Conv1d) -> Tensor:
     return F.silu(y[..., :length])
 
 
-def branch_conv(x: Tensor, conv: nn.Conv1d, reverse: bool = False) -> tuple[Tensor, Tensor]:
-    """Causal conv + SiLU of channel-last ``x`` (batch, L, channels), over ``x`` flipped in time
-    if ``reverse`` (the result then stays flipped). Returns it as (batch, L, channels) for
-    ``x_proj`` and as (batch, channels, L) for the scan."""
+def to_scan_layout(t: Tensor, reverse: bool) -> Tensor:
+    """Channel-last (batch, L, C) in input time order -> mamba_ssm's (batch, C, L) in the
+    direction's time order (flipped when ``reverse``)."""
+    t = t.transpose(1, 2)
+    return t.flip(-1) if reverse else t
+
+
+def from_scan_layout(y: Tensor, reverse: bool) -> Tensor:
+    """Inverse of :func:`to_scan_layout`."""
+    return (y.flip(-1) if reverse else y).transpose(1, 2)
+
+
+def conv_silu(x: Tensor, conv: nn.Conv1d, reverse: bool = False) -> Tensor:
+    """Depthwise conv + SiLU of channel-last ``x`` (batch, L, channels), returned channel-last in
+    input time order: causal, or with ``reverse`` anti-causal (the causal conv of the flipped
+    sequence, flipped back)."""
     if _use_fused_ops(x, conv.weight):
         return fused_ops.causal_conv1d_silu_channels_last(x, conv.weight.squeeze(1), conv.bias, reverse)
-    x = x.transpose(1, 2)
-    xc = causal_conv1d_silu(x.flip(-1) if reverse else x, conv)
-    return xc.transpose(1, 2), xc
-
-
-def merge_directions(y_fwd: Tensor, y_bwd: Tensor, scale: float) -> Tensor:
-    """``scale * (y_fwd + y_bwd.flip(-1))`` of two (batch, channels, L) scan outputs (``y_bwd`` in
-    reversed time), as (batch, L, channels) for ``out_proj``."""
-    if _use_fused_ops(y_fwd, y_bwd):
-        return fused_ops.merge_directions(y_fwd, y_bwd, scale)
-    y = y_fwd + y_bwd.flip(-1)
-    return (y * scale if scale != 1.0 else y).transpose(1, 2)
+    return from_scan_layout(causal_conv1d_silu(to_scan_layout(x, reverse), conv), reverse)
 
 
 class MambaMixer(nn.Module):
@@ -201,47 +201,54 @@ class MambaMixer(nn.Module):
         a = torch.arange(1, self.d_state + 1, dtype=torch.float32)
         return torch.log(a).repeat(self.d_inner, 1).contiguous()
 
-    def _scan(self, x: Tensor, x_dbl: Tensor, dt_proj: nn.Linear, A_log: Tensor, D: Tensor, z: Tensor) -> Tensor:
-        """Selective scan of conv output ``x`` (B, E, L) given x_proj output ``x_dbl`` (B, L, R+2N)."""
+    def _fused_channels_last(self, x: Tensor) -> bool:
+        """Whether this call runs the channel-last fused scan (fused ops usable, backend 'fused')."""
+        return _use_fused_ops(x) and resolve_backend(self.scan_backend, x.device) == "fused"
+
+    def _scan(self, xc: Tensor, x_dbl: Tensor, dt_proj: nn.Linear, A_log: Tensor, D: Tensor, z: Tensor, reverse: bool) -> Tensor:
+        """Selective scan of one direction over conv output ``xc`` (B, L, E) with gate ``z`` (B, L, E),
+        given x_proj output ``x_dbl`` (B, L, R+2N), all in input time order; with ``reverse`` the
+        recurrence runs from the last step to the first. Returns (B, L, E) in input time order."""
         dt_low, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = linear_channels_first(dt_low, dt_proj.weight)
-        return selective_scan(
-            x,
-            delta,
-            -torch.exp(A_log.float()),
-            B.transpose(1, 2),
-            C.transpose(1, 2),
+        delta = F.linear(dt_low, dt_proj.weight)
+        A = -torch.exp(A_log.float())
+        if self._fused_channels_last(xc):
+            return fused_selective_scan_channels_last(
+                xc, delta, A, B, C, D.float(), z, dt_proj.bias.float(), delta_softplus=True, reverse=reverse
+            )
+        y = selective_scan(
+            to_scan_layout(xc, reverse),
+            to_scan_layout(delta, reverse),
+            A,
+            to_scan_layout(B, reverse),
+            to_scan_layout(C, reverse),
             D.float(),
-            z=z,
+            z=to_scan_layout(z, reverse),
             delta_bias=dt_proj.bias.float(),
             delta_softplus=True,
             backend=self.scan_backend,
         )
+        return from_scan_layout(y, reverse)
 
-    def _branch(self, x: Tensor, z: Tensor, conv: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear, A_log: Tensor, D: Tensor, reverse: bool) -> Tensor:
-        """One direction: ``x`` (B, L, E) in input time order, ``z`` (B, E, L) already in the
-        direction's time order; returns the gated scan output (B, E, L) in the direction's order."""
-        xc_rows, xc = branch_conv(x, conv, reverse)
-        return self._scan(xc, x_proj(xc_rows), dt_proj, A_log, D, z)
+    def _direction(self, x: Tensor, z: Tensor, conv: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear, A_log: Tensor, D: Tensor, reverse: bool) -> Tensor:
+        """One direction with its own conv and projections: ``x``, ``z`` and the result (B, L, E)."""
+        xc = conv_silu(x, conv, reverse)
+        return self._scan(xc, x_proj(xc), dt_proj, A_log, D, z, reverse)
 
     def forward(self, hidden: Tensor) -> Tensor:
         """``hidden``: (batch, L, d_model) -> (batch, L, d_model)."""
-        w_x, w_z = self.in_proj.weight.chunk(2, dim=0)
-        x = F.linear(hidden, w_x)  # (B, L, E): the layout of the conv input and x_proj
-        z = linear_channels_first(hidden, w_z)  # (B, E, L): the layout of the scan's gate
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, L, E) views, channels contiguous
         if self.bimamba == "v1":
-            xc_rows, xc = branch_conv(x, self.conv1d)
-            x_dbl = self.x_proj(xc_rows)
-            y_fwd = self._scan(xc, x_dbl, self.dt_proj, self.A_log, self.D, z)
-            y_bwd = self._scan(xc.flip(-1), x_dbl.flip(1), self.dt_proj, self.A_b_log, self.D, z.flip(-1))
-            y = merge_directions(y_fwd, y_bwd, 1.0)
+            xc = conv_silu(x, self.conv1d)
+            x_dbl = self.x_proj(xc)
+            y = self._scan(xc, x_dbl, self.dt_proj, self.A_log, self.D, z, reverse=False)
+            y = y + self._scan(xc, x_dbl, self.dt_proj, self.A_b_log, self.D, z, reverse=True)
         else:
-            y = self._branch(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, reverse=False)
+            y = self._direction(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, reverse=False)
             if self.bimamba == "v2":
-                y_bwd = self._branch(x, z.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, reverse=True)
-                y = merge_directions(y, y_bwd, 0.5 if self.divide_out else 1.0)
-            else:
-                y = y.transpose(1, 2)
+                y = y + self._direction(x, z, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, reverse=True)
+                if self.divide_out:
+                    y = y * 0.5
         return self.out_proj(y)
 
 

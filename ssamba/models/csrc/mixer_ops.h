@@ -5,7 +5,7 @@
 
 namespace ssamba {
 
-// Adds the mixer ops (causal depthwise conv + SiLU, direction merge) to the extension module.
+// Adds the mixer op (depthwise causal conv + SiLU) to the extension module.
 void bind_mixer_ops(pybind11::module_& m);
 
 }  // namespace ssamba

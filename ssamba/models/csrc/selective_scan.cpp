@@ -1,592 +1,546 @@
-// Fused CPU selective scan (Mamba-1 recurrence) with an exact, memory-light backward.
+// Fused CPU selective scan (Mamba-1 recurrence) in the channel-last layout, vectorised over
+// channels, with an exact, memory-light backward. The kernels themselves are in
+// scan_kernels.inc, compiled once per instruction set (see below).
 //
-// Layout (all tensors contiguous, one floating dtype T):
-//   u, delta, z, dout : (batch, dim, L)
-//   A                 : (dim, N)
-//   B, C              : (batch, L, N)   -- transposed by the caller so that N is innermost
-//   D, delta_bias     : (dim,) or empty
+// Layout (one floating dtype T; channels contiguous, batch and time strides free):
+//   u, delta, z : (batch, L, dim)  -- e.g. slices of in_proj's output, as the mixer makes them
+//   B, C        : (batch, L, N)    -- e.g. slices of x_proj's output
+//   A_t         : (N, dim) contiguous (A transposed, so that channels are innermost)
+//   D, bias     : (dim,) contiguous, or absent
+// Outputs and gradients are contiguous (batch, L, dim) / (batch, L, N) / (dim, N) tensors.
 //
-// Per (batch, dim) channel and state n:
+// Per channel d and state n, for the steps s = 0 .. L-1 taken in time order t = s, or
+// t = L-1-s with `reverse` (the backward direction of a bidirectional mixer, without flips):
 //   dt_t  = softplus(delta_t + bias) or delta_t + bias
-//   h_t   = exp(dt_t * A_n) * h_{t-1} + dt_t * B_tn * u_t
+//   h_t   = exp(dt_t * A_n) * h_prev + dt_t * B_tn * u_t
 //   y_t   = sum_n C_tn * h_tn + D * u_t,   out_t = y_t * silu(z_t) when z is given.
 //
+// One SIMD vector holds kLanes adjacent channels (16 float / 8 double = 64 bytes), so every
+// operation of the recurrence is a full-width vector operation and the sum over states needs
+// no horizontal reduction. A thread takes a (batch, tile of channels) task at a time.
+//
 // The forward keeps the state only at the start of every block of `interval` steps. The
-// backward recomputes one block at a time from that checkpoint (states and decays in a small
-// per-thread buffer) and runs the reverse recurrence g_{t-1} = a_t * g_t + C_{t-1} * dy_{t-1}.
-// Channels are processed in parallel with OpenMP; the state loop over N is written for
-// auto-vectorisation. x86-64 Linux builds carry AVX-512 / AVX2 clones of the channel kernels,
-// chosen at load time, so the extension stays portable without -march=native.
+// backward runs block by block from the end: for each tile of the task it recomputes the
+// block's decays and states from the checkpoint (small per-thread buffers) and runs the reverse
+// recurrence g_prev = a_t * (g_t + C_t dy_t); dB and dC (sums over channels) are accumulated
+// per lane over the task's tiles and reduced across lanes once per block. GCC x86-64 builds
+// carry AVX-512, AVX2 and baseline versions of the tile kernels, chosen at first use.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "mixer_ops.h"
 #include "vector_math.h"
 
+// GCC on x86-64 compiles the kernels three times (AVX-512, AVX2, baseline) and picks one at
+// run time; other compilers and architectures get the baseline build only.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#define SSAMBA_SCAN_X86_DISPATCH 1
+#include <immintrin.h>
+#else
+#define SSAMBA_SCAN_X86_DISPATCH 0
+#endif
+
 namespace {
 
-// softplus with the same threshold as torch.nn.functional.softplus (linear above 20).
+// softplus is linear above this input, as in torch.nn.functional.softplus.
 constexpr double kSoftplusThreshold = 20.0;
-// State sizes with a compile-time specialised kernel (others use the generic one).
+// State size with a compile-time specialised kernel (others use the generic one).
 constexpr int kSpecialisedStateSize = 16;
-
-using ssamba::fast_exp;
-using ssamba::sigmoid;
-
-// softplus with torch's threshold (identity above 20). The float version is branch-free so
-// that it vectorises: max(x, 0) + log1p(exp(-|x|)), with log1p(e) = 2 atanh(e / (2 + e)) and
-// the atanh series up to s^13 (|s| <= 1/3, truncation error < 2e-8 relative).
-SSAMBA_INLINE float softplus(float x) {
-  const float e = fast_exp(-std::fabs(x));
-  const float s = e / (2.0f + e);
-  const float s2 = s * s;
-  float p = 1.0f / 13.0f;
-  p = p * s2 + 1.0f / 11.0f;
-  p = p * s2 + 1.0f / 9.0f;
-  p = p * s2 + 1.0f / 7.0f;
-  p = p * s2 + 1.0f / 5.0f;
-  p = p * s2 + 1.0f / 3.0f;
-  p = p * s2 + 1.0f;
-  const float positive_part = x > 0.0f ? x : 0.0f;
-  const float result = positive_part + 2.0f * s * p;
-  return x > float(kSoftplusThreshold) ? x : result;
-}
-SSAMBA_INLINE double softplus(double x) {
-  return x > kSoftplusThreshold ? x : std::log1p(std::exp(x));
-}
-
-// d softplus / dx, matching torch's softplus backward (1 above the threshold).
-template <typename T>
-SSAMBA_INLINE T softplus_grad(T x) {
-  return x > T(kSoftplusThreshold) ? T(1) : sigmoid(x);
-}
-
-// Sum of N values. For a compile-time power-of-two N it is a pairwise tree, which vectorises;
-// an in-order sum would be a serial chain of scalar adds (no -ffast-math here).
-template <typename T, int NS>
-SSAMBA_INLINE T sum_states(T* __restrict__ v, int64_t N) {
-  if constexpr (NS > 0 && (NS & (NS - 1)) == 0) {
-    for (int width = NS / 2; width > 0; width /= 2) {
-#pragma omp simd
-      for (int n = 0; n < width; ++n) v[n] += v[n + width];
-    }
-    return v[0];
-  } else {
-    T total = T(0);
-#pragma omp simd reduction(+ : total)
-    for (int64_t n = 0; n < N; ++n) total += v[n];
-    return total;
-  }
-}
-
-// dt for `len` steps: delta + bias, through softplus if requested.
-template <typename T>
-SSAMBA_INLINE void discretise(const T* __restrict__ delta, T bias, bool use_softplus, int64_t len,
-                              T* __restrict__ dt) {
-  if (use_softplus) {
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) dt[i] = softplus(delta[i] + bias);
-  } else {
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) dt[i] = delta[i] + bias;
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Per-channel arguments. Pointers are already offset to the channel (u, delta, z, out, ...) or
-// to its batch (B, C: (L, N)) / its dim (A: (N,)).
+// States per group of the backward's reverse recurrence (g and dA of a group fit in registers).
+constexpr int64_t kRegisterStates = 8;
 
 template <typename T>
-struct ForwardChannel {
-  const T* u;
-  const T* delta;
-  const T* A;
-  const T* B;
-  const T* C;
-  const T* z;       // nullptr when no gating
-  T D;              // 0 when no skip term
-  T bias;           // 0 when no delta_bias
-  bool softplus;
-  int64_t L;
-  int64_t N;
-  int64_t interval;
-  T* out;
-  T* y_pre_gate;    // nullptr unless z is given and the backward will run
-  T* checkpoints;   // (ceil(L / interval), N) or nullptr when no backward will run
-  T* work;          // forward_work_size(N, interval) scratch values
+struct Lanes;
+template <>
+struct Lanes<float> {
+  static constexpr int kCount = 16;
+  typedef float Vec __attribute__((vector_size(64), aligned(64)));
+  typedef int32_t Int __attribute__((vector_size(64), aligned(64)));
+};
+template <>
+struct Lanes<double> {
+  static constexpr int kCount = 8;
+  typedef double Vec __attribute__((vector_size(64), aligned(64)));
+  typedef int64_t Int __attribute__((vector_size(64), aligned(64)));
 };
 
 template <typename T>
-struct BackwardChannel {
-  const T* u;
-  const T* delta;
-  const T* A;
-  const T* B;
-  const T* C;
-  const T* z;
-  const T* y_pre_gate;
-  const T* dout;
+using Vec = typename Lanes<T>::Vec;
+
+template <typename T>
+SSAMBA_INLINE Vec<T> splat(T value) {
+  return Vec<T>{} + value;
+}
+
+// `count` values from `src` (count <= lanes); the remaining lanes are zero.
+template <typename T>
+SSAMBA_INLINE Vec<T> load(const T* src, int count) {
+  Vec<T> v{};
+  if (count == Lanes<T>::kCount) {
+    std::memcpy(&v, src, sizeof(v));  // one unaligned vector load
+  } else {
+    std::memcpy(&v, src, sizeof(T) * count);
+  }
+  return v;
+}
+
+template <typename T>
+SSAMBA_INLINE void store(T* dst, Vec<T> v, int count) {
+  if (count == Lanes<T>::kCount) {
+    std::memcpy(dst, &v, sizeof(v));
+  } else {
+    std::memcpy(dst, &v, sizeof(T) * count);
+  }
+}
+
+// Zero-initialised scratch vectors, 64-byte aligned. The AVX-512 clones access them with
+// aligned vector moves, while alignof of the vector type in code compiled for the baseline ISA
+// is smaller, so neither std::vector nor alignof(V) can be relied on.
+constexpr size_t kVectorAlignment = 64;
+
+template <typename V>
+class VectorBuffer {
+ public:
+  explicit VectorBuffer(int64_t count) {
+    static_assert(sizeof(V) % kVectorAlignment == 0, "vector size must be a multiple of 64");
+    const size_t bytes = sizeof(V) * static_cast<size_t>(std::max<int64_t>(count, 1));
+    data_ = static_cast<V*>(std::aligned_alloc(kVectorAlignment, bytes));
+    TORCH_CHECK(data_ != nullptr, "could not allocate ", bytes, " bytes of scan scratch memory");
+    std::memset(static_cast<void*>(data_), 0, bytes);
+  }
+  ~VectorBuffer() { std::free(data_); }
+  VectorBuffer(const VectorBuffer&) = delete;
+  VectorBuffer& operator=(const VectorBuffer&) = delete;
+  V* data() const { return data_; }
+
+ private:
+  V* data_;
+};
+
+template <typename T>
+SSAMBA_INLINE T lane_sum(const Vec<T>& v) {
+  T total = T(0);
+  for (int i = 0; i < Lanes<T>::kCount; ++i) total += v[i];
+  return total;
+}
+
+template <typename V>
+using LaneOf = std::remove_cv_t<std::remove_reference_t<decltype(std::declval<V>()[0])>>;
+
+// A strided (batch, L, channels) or (batch, L, N) input: row(b, t) points at its first value.
+template <typename T>
+struct Rows {
+  const T* data = nullptr;
+  int64_t batch_stride = 0;
+  int64_t time_stride = 0;
+  SSAMBA_INLINE const T* row(int64_t b, int64_t t) const {
+    return data + b * batch_stride + t * time_stride;
+  }
+};
+
+template <typename T>
+struct ScanArgs {
+  Rows<T> u, delta, z, B, C;  // z.data is nullptr when there is no gate
+  const T* A_t;               // (N, dim)
+  const T* D;                 // (dim,) or nullptr
+  const T* bias;              // (dim,) or nullptr
+  bool softplus;
+  bool reverse;
+  int64_t L, dim, N, interval, num_blocks, num_tiles;
+
+  SSAMBA_INLINE int64_t time(int64_t step) const { return reverse ? L - 1 - step : step; }
+  SSAMBA_INLINE int lanes_of(int64_t tile) const {
+    return static_cast<int>(std::min<int64_t>(Lanes<T>::kCount, dim - tile * Lanes<T>::kCount));
+  }
+};
+
+template <typename T>
+struct ForwardOut {
+  T* out;           // (batch, L, dim)
+  T* y_pre_gate;    // (batch, L, dim) or nullptr (kept only when z is given and grads are needed)
+  T* checkpoints;   // (batch, tiles, blocks, N, lanes) or nullptr
+};
+
+template <typename T>
+struct BackwardOut {
+  const T* dout;        // (batch, L, dim) contiguous
+  const T* y_pre_gate;  // (batch, L, dim) when z is given
   const T* checkpoints;
-  T D;
-  T bias;
-  bool softplus;
-  int64_t L;
-  int64_t N;
-  int64_t interval;
-  T* du;
-  T* ddelta;
-  T* dz;            // nullptr when no gating
-  T* dB;            // (L, N) accumulator shared by the channels of one task
-  T* dC;            // (L, N) accumulator
-  T* dA;            // (N,) written
-  T* dD;            // scalar written
-  T* dbias;         // scalar written
-  T* work;          // backward_work_size(N, interval) scratch values
+  T* du;                // (batch, L, dim)
+  T* ddelta;            // (batch, L, dim)
+  T* dz;                // (batch, L, dim) or nullptr
+  T* dA;                // (batch, dim, N) per-batch partials
+  T* dD;                // (batch, dim) partials
+  T* dbias;             // (batch, dim) partials
 };
 
-int64_t forward_work_size(int64_t N, int64_t interval) {
-  // dt and y per step of a block; state and products (generic N only)
-  return 2 * interval + 2 * N;
+// Per-thread buffers of the backward, in vectors.
+template <typename T>
+struct BackwardWork {
+  Vec<T>* decay;    // (K, N)
+  Vec<T>* states;   // (K + 1, N): states[0] is the block's checkpoint
+  Vec<T>* dts;      // (K,)
+  Vec<T>* dys;      // (K,) gradient of the pre-gate output
+  Vec<T>* sum_gB;   // (K,) sum over states of dL/dh_t * B_t
+  Vec<T>* sum_Aw;   // (K,) sum over states of A * dL/d(dt * A)
+  Vec<T>* acc_B;    // (K, N) per-lane partial sums of dB over the task's tiles
+  Vec<T>* acc_C;    // (K, N)
+  Vec<T>* A;        // (N,) generic N only
+  // Arrays are kPad vectors apart so that equal rows of different arrays do not share
+  // their address modulo 4 KiB (which makes loads wait on unrelated stores).
+  static constexpr int64_t kPad = 3;
+  static int64_t size(int64_t K, int64_t N) { return 4 * K * N + N + 4 * K + N + 8 * kPad; }
+  BackwardWork(Vec<T>* base, int64_t K, int64_t N)
+      : decay(base),
+        states(decay + K * N + kPad),
+        dts(states + (K + 1) * N + kPad),
+        dys(dts + K + kPad),
+        sum_gB(dys + K + kPad),
+        sum_Aw(sum_gB + K + kPad),
+        acc_B(sum_Aw + K + kPad),
+        acc_C(acc_B + K * N + kPad),
+        A(acc_C + K * N + kPad) {}
+};
+
+// State of one tile carried from block to block: g (N), dA (N), dD and dbias sums.
+template <typename T>
+struct TileCarry {
+  Vec<T>* g;
+  Vec<T>* dA;
+  Vec<T>* dD;
+  Vec<T>* dbias;
+};
+
+#if SSAMBA_SCAN_X86_DISPATCH
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+#define SSAMBA_SCAN_AVX512 1
+namespace isa_x86_64_v4 {
+#include "scan_kernels.inc"
+}  // namespace isa_x86_64_v4
+#undef SSAMBA_SCAN_AVX512
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+namespace isa_x86_64_v3 {
+#include "scan_kernels.inc"
+}  // namespace isa_x86_64_v3
+#pragma GCC pop_options
+#endif
+namespace isa_baseline {
+#include "scan_kernels.inc"
+}  // namespace isa_baseline
+
+template <typename T>
+using ForwardTileFn = void (*)(const ScanArgs<T>&, const ForwardOut<T>&, int64_t, int64_t,
+                               Vec<T>*);
+template <typename T>
+using BackwardTileBlockFn = void (*)(const ScanArgs<T>&, const BackwardOut<T>&, int64_t, int64_t,
+                                     int64_t, const BackwardWork<T>&, const TileCarry<T>&);
+
+// The builds of the kernels, widest instruction set first, and the one in use (the widest the
+// CPU supports unless set_scan_isa chose another, e.g. to test every build on one machine).
+template <typename T>
+struct KernelSet {
+  const char* isa;
+  ForwardTileFn<T> forward_tile;
+  BackwardTileBlockFn<T> backward_tile_block;
+};
+
+template <typename T>
+const std::vector<KernelSet<T>>& kernel_sets() {
+  static const std::vector<KernelSet<T>> sets = [] {
+    std::vector<KernelSet<T>> supported;
+#if SSAMBA_SCAN_X86_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) {
+      supported.push_back({"x86-64-v4", isa_x86_64_v4::forward_tile,
+                           isa_x86_64_v4::backward_tile_block});
+    }
+    if (__builtin_cpu_supports("x86-64-v3")) {
+      supported.push_back({"x86-64-v3", isa_x86_64_v3::forward_tile,
+                           isa_x86_64_v3::backward_tile_block});
+    }
+#endif
+    supported.push_back({"baseline", isa_baseline::forward_tile, isa_baseline::backward_tile_block});
+    return supported;
+  }();
+  return sets;
 }
 
-int64_t backward_work_size(int64_t N, int64_t interval) {
-  // dt, dy, d(dt) per step; decays (K x N); states (K + 1 x N); g, dA and two product
-  // vectors (generic N only)
-  return 3 * interval + interval * N + (interval + 1) * N + 4 * N;
+std::atomic<size_t> selected_isa{0};  // index into kernel_sets()
+
+template <typename T>
+const KernelSet<T>& kernels() {
+  return kernel_sets<T>()[selected_isa.load(std::memory_order_relaxed)];
 }
 
-template <typename T, int NS>
-SSAMBA_INLINE void forward_channel_body(const ForwardChannel<T>& c) {
-  const int64_t N = NS > 0 ? NS : c.N;
-  const int64_t K = c.interval;
-  T* __restrict__ dt = c.work;  // (K,)
-  T* __restrict__ y = dt + K;   // (K,)
-  // Compile-time N keeps the state in registers; generic N lives in the work buffer.
-  T h_local[NS > 0 ? NS : 1];
-  T prod_local[NS > 0 ? NS : 1];
-  T* __restrict__ h = NS > 0 ? h_local : y + K;
-  T* __restrict__ prod = NS > 0 ? prod_local : y + K + N;
-  const T* __restrict__ A = c.A;
-  for (int64_t n = 0; n < N; ++n) h[n] = T(0);
-  for (int64_t t0 = 0; t0 < c.L; t0 += K) {
-    const int64_t len = std::min(K, c.L - t0);
-    if (c.checkpoints != nullptr) std::memcpy(c.checkpoints + (t0 / K) * N, h, sizeof(T) * N);
-    discretise(c.delta + t0, c.bias, c.softplus, len, dt);
-    for (int64_t i = 0; i < len; ++i) {
-      const int64_t t = t0 + i;
-      const T dti = dt[i];
-      const T dtu = dti * c.u[t];
-      const T* __restrict__ Bt = c.B + t * N;
-      const T* __restrict__ Ct = c.C + t * N;
-#pragma omp simd
-      for (int64_t n = 0; n < N; ++n) {
-        const T hn = fast_exp(dti * A[n]) * h[n] + dtu * Bt[n];
-        h[n] = hn;
-        prod[n] = Ct[n] * hn;
-      }
-      y[i] = sum_states<T, NS>(prod, N);
-    }
-    const T* __restrict__ u = c.u + t0;
-    T* __restrict__ out = c.out + t0;
-    if (c.z == nullptr) {
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) out[i] = y[i] + c.D * u[i];
-    } else {
-      const T* __restrict__ z = c.z + t0;
-      if (c.y_pre_gate != nullptr) {
-#pragma omp simd
-        for (int64_t i = 0; i < len; ++i) c.y_pre_gate[t0 + i] = y[i] + c.D * u[i];
-      }
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) out[i] = (y[i] + c.D * u[i]) * (z[i] * sigmoid(z[i]));
-    }
-  }
+std::vector<std::string> scan_isas() {
+  std::vector<std::string> names;
+  for (const auto& set : kernel_sets<float>()) names.emplace_back(set.isa);
+  return names;
 }
 
-template <typename T, int NS>
-SSAMBA_INLINE void backward_channel_body(const BackwardChannel<T>& c) {
-  const int64_t N = NS > 0 ? NS : c.N;
-  const int64_t K = c.interval;
-  T* __restrict__ dts = c.work;                // (K,)
-  T* __restrict__ dys = dts + K;               // (K,) gradient w.r.t. the pre-gate output
-  T* __restrict__ ddts = dys + K;              // (K,) gradient w.r.t. dt
-  T* __restrict__ decay = ddts + K;            // (K, N)
-  T* __restrict__ states = decay + K * N;      // (K + 1, N): states[0] = block start
-  T* __restrict__ generic = states + (K + 1) * N;
-  T g_local[NS > 0 ? NS : 1];
-  T dA_local[NS > 0 ? NS : 1];
-  T gB_local[NS > 0 ? NS : 1];
-  T Aw_local[NS > 0 ? NS : 1];
-  T* __restrict__ g = NS > 0 ? g_local : generic;  // a_{t+1} * dL/dh_{t+1}
-  T* __restrict__ dA = NS > 0 ? dA_local : generic + N;
-  T* __restrict__ gB = NS > 0 ? gB_local : generic + 2 * N;
-  T* __restrict__ Aw = NS > 0 ? Aw_local : generic + 3 * N;
-  const T* __restrict__ A = c.A;
-  for (int64_t n = 0; n < N; ++n) {
-    g[n] = T(0);
-    dA[n] = T(0);
-  }
-  double dD = 0.0;
-  double dbias = 0.0;
-  const int64_t num_blocks = (c.L + K - 1) / K;
-  for (int64_t block = num_blocks - 1; block >= 0; --block) {
-    const int64_t t0 = block * K;
-    const int64_t len = std::min(K, c.L - t0);
-    const T* __restrict__ u = c.u + t0;
-    // Recompute the block's decays and states from its checkpoint.
-    std::memcpy(states, c.checkpoints + block * N, sizeof(T) * N);
-    discretise(c.delta + t0, c.bias, c.softplus, len, dts);
-    for (int64_t i = 0; i < len; ++i) {
-      const T dti = dts[i];
-      const T dtu = dti * u[i];
-      const T* __restrict__ Bt = c.B + (t0 + i) * N;
-      const T* __restrict__ hp = states + i * N;
-      T* __restrict__ hn = states + (i + 1) * N;
-      T* __restrict__ an = decay + i * N;
-#pragma omp simd
-      for (int64_t n = 0; n < N; ++n) {
-        const T a = fast_exp(dti * A[n]);
-        an[n] = a;
-        hn[n] = a * hp[n] + dtu * Bt[n];
-      }
-    }
-    // Gradient through the gate: out = y * silu(z).
-    const T* __restrict__ dout = c.dout + t0;
-    if (c.z == nullptr) {
-      std::memcpy(dys, dout, sizeof(T) * len);
-    } else {
-      const T* __restrict__ z = c.z + t0;
-      const T* __restrict__ y_pre = c.y_pre_gate + t0;
-      T* __restrict__ dz = c.dz + t0;
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) {
-        const T s = sigmoid(z[i]);
-        dz[i] = dout[i] * y_pre[i] * s * (T(1) + z[i] * (T(1) - s));
-        dys[i] = dout[i] * z[i] * s;
-      }
-    }
-    // Reverse recurrence over the block.
-    for (int64_t i = len - 1; i >= 0; --i) {
-      const int64_t t = t0 + i;
-      const T dy = dys[i];
-      const T dt = dts[i];
-      const T dtu = dt * u[i];
-      const T* __restrict__ Bt = c.B + t * N;
-      const T* __restrict__ Ct = c.C + t * N;
-      T* __restrict__ dBt = c.dB + t * N;
-      T* __restrict__ dCt = c.dC + t * N;
-      const T* __restrict__ hp = states + i * N;
-      const T* __restrict__ hc = states + (i + 1) * N;
-      const T* __restrict__ an = decay + i * N;
-#pragma omp simd
-      for (int64_t n = 0; n < N; ++n) {
-        const T gt = g[n] + Ct[n] * dy;  // dL/dh_t
-        dCt[n] += dy * hc[n];
-        dBt[n] += gt * dtu;
-        gB[n] = gt * Bt[n];
-        const T w = gt * an[n] * hp[n];  // dL/d(dt * A_n)
-        dA[n] += dt * w;
-        Aw[n] = A[n] * w;
-        g[n] = gt * an[n];
-      }
-      const T sum_gB = sum_states<T, NS>(gB, N);
-      const T sum_Aw = sum_states<T, NS>(Aw, N);
-      c.du[t] = dt * sum_gB + c.D * dy;
-      ddts[i] = u[i] * sum_gB + sum_Aw;
-    }
-    // dt -> delta (softplus), and the per-channel sums for D and delta_bias.
-    const T* __restrict__ delta = c.delta + t0;
-    T* __restrict__ ddelta = c.ddelta + t0;
-    T block_dbias = T(0);
-    T block_dD = T(0);
-    if (c.softplus) {
-#pragma omp simd reduction(+ : block_dbias)
-      for (int64_t i = 0; i < len; ++i) {
-        const T grad = ddts[i] * softplus_grad(delta[i] + c.bias);
-        ddelta[i] = grad;
-        block_dbias += grad;
-      }
-    } else {
-#pragma omp simd reduction(+ : block_dbias)
-      for (int64_t i = 0; i < len; ++i) {
-        ddelta[i] = ddts[i];
-        block_dbias += ddts[i];
-      }
-    }
-#pragma omp simd reduction(+ : block_dD)
-    for (int64_t i = 0; i < len; ++i) block_dD += dys[i] * u[i];
-    dbias += block_dbias;
-    dD += block_dD;
-  }
-  std::memcpy(c.dA, dA, sizeof(T) * N);
-  *c.dD = static_cast<T>(dD);
-  *c.dbias = static_cast<T>(dbias);
-}
+std::string scan_isa() { return kernels<float>().isa; }
 
-// Non-template entry points, each compiled once per CPU clone.
-SSAMBA_CPU_CLONES void forward_f32_n16(const ForwardChannel<float>& c) {
-  forward_channel_body<float, kSpecialisedStateSize>(c);
-}
-SSAMBA_CPU_CLONES void forward_f32_any(const ForwardChannel<float>& c) {
-  forward_channel_body<float, 0>(c);
-}
-SSAMBA_CPU_CLONES void forward_f64_n16(const ForwardChannel<double>& c) {
-  forward_channel_body<double, kSpecialisedStateSize>(c);
-}
-SSAMBA_CPU_CLONES void forward_f64_any(const ForwardChannel<double>& c) {
-  forward_channel_body<double, 0>(c);
-}
-SSAMBA_CPU_CLONES void backward_f32_n16(const BackwardChannel<float>& c) {
-  backward_channel_body<float, kSpecialisedStateSize>(c);
-}
-SSAMBA_CPU_CLONES void backward_f32_any(const BackwardChannel<float>& c) {
-  backward_channel_body<float, 0>(c);
-}
-SSAMBA_CPU_CLONES void backward_f64_n16(const BackwardChannel<double>& c) {
-  backward_channel_body<double, kSpecialisedStateSize>(c);
-}
-SSAMBA_CPU_CLONES void backward_f64_any(const BackwardChannel<double>& c) {
-  backward_channel_body<double, 0>(c);
-}
-
-void run_forward(const ForwardChannel<float>& c) {
-  c.N == kSpecialisedStateSize ? forward_f32_n16(c) : forward_f32_any(c);
-}
-void run_forward(const ForwardChannel<double>& c) {
-  c.N == kSpecialisedStateSize ? forward_f64_n16(c) : forward_f64_any(c);
-}
-void run_backward(const BackwardChannel<float>& c) {
-  c.N == kSpecialisedStateSize ? backward_f32_n16(c) : backward_f32_any(c);
-}
-void run_backward(const BackwardChannel<double>& c) {
-  c.N == kSpecialisedStateSize ? backward_f64_n16(c) : backward_f64_any(c);
+void set_scan_isa(const std::string& name) {
+  const std::vector<std::string> names = scan_isas();
+  const auto found = std::find(names.begin(), names.end(), name);
+  TORCH_CHECK(found != names.end(), "scan kernels for '", name,
+              "' are not available on this CPU; available: ", c10::Join(", ", names));
+  selected_isa.store(static_cast<size_t>(found - names.begin()));
 }
 
 int num_threads_for_call() { return at::in_parallel_region() ? 1 : at::get_num_threads(); }
+
+template <typename T>
+Rows<T> rows_of(const at::Tensor& t) {
+  return Rows<T>{t.data_ptr<T>(), t.stride(0), t.stride(1)};
+}
 
 template <typename T>
 const T* data_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<T>() : nullptr;
 }
 
+// Validates shapes, dtypes and layouts; returns the kernel arguments.
 template <typename T>
-T value_at_or_zero(const std::optional<at::Tensor>& t, int64_t i) {
-  return t.has_value() ? t->data_ptr<T>()[i] : T(0);
-}
-
-struct Shapes {
-  int64_t batch, dim, L, N;
-};
-
-Shapes check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                    const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
-                    const std::optional<at::Tensor>& z,
-                    const std::optional<at::Tensor>& delta_bias, int64_t interval) {
+ScanArgs<T> make_args(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A_t,
+                      const at::Tensor& B, const at::Tensor& C,
+                      const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
+                      const std::optional<at::Tensor>& delta_bias, bool delta_softplus,
+                      bool reverse, int64_t interval) {
   TORCH_CHECK(interval > 0, "checkpoint interval must be positive, got ", interval);
-  TORCH_CHECK(u.dim() == 3, "u must be (batch, dim, L), got ", u.sizes());
-  const Shapes s{u.size(0), u.size(1), u.size(2), A.size(1)};
-  auto check = [&](const at::Tensor& t, at::IntArrayRef expected, const char* name) {
-    TORCH_CHECK(t.sizes() == expected, name, " must have shape ", expected, ", got ", t.sizes());
-    TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-    TORCH_CHECK(t.scalar_type() == u.scalar_type(), name, " must have dtype ", u.scalar_type());
+  TORCH_CHECK(u.dim() == 3 && u.size(1) > 0, "u must be (batch, L >= 1, dim), got ", u.sizes());
+  TORCH_CHECK(A_t.dim() == 2 && A_t.size(1) == u.size(2) && A_t.size(0) > 0,
+              "A_t must be (N, dim=", u.size(2), "), got ", A_t.sizes());
+  const int64_t batch = u.size(0), L = u.size(1), dim = u.size(2), N = A_t.size(0);
+  auto check = [&](const at::Tensor& t, at::IntArrayRef shape, const char* name) {
+    TORCH_CHECK(t.sizes() == shape, name, " must have shape ", shape, ", got ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == u.scalar_type(), name, " must have dtype ", u.scalar_type(),
+                ", got ", t.scalar_type());
     TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+    TORCH_CHECK(t.stride(-1) == 1 || t.size(-1) == 1, name,
+                " must be contiguous in its last dimension, got strides ", t.strides());
   };
-  check(u, {s.batch, s.dim, s.L}, "u");
-  check(delta, {s.batch, s.dim, s.L}, "delta");
-  check(A, {s.dim, s.N}, "A");
-  check(B, {s.batch, s.L, s.N}, "B (transposed)");
-  check(C, {s.batch, s.L, s.N}, "C (transposed)");
-  if (D.has_value()) check(*D, {s.dim}, "D");
-  if (z.has_value()) check(*z, {s.batch, s.dim, s.L}, "z");
-  if (delta_bias.has_value()) check(*delta_bias, {s.dim}, "delta_bias");
-  return s;
+  check(u, {batch, L, dim}, "u");
+  check(delta, {batch, L, dim}, "delta");
+  check(A_t, {N, dim}, "A_t");
+  TORCH_CHECK(A_t.is_contiguous(), "A_t must be contiguous");
+  check(B, {batch, L, N}, "B");
+  check(C, {batch, L, N}, "C");
+  if (z.has_value()) check(*z, {batch, L, dim}, "z");
+  for (const auto& [t, name] : {std::pair{&D, "D"}, std::pair{&delta_bias, "delta_bias"}}) {
+    if (!t->has_value()) continue;
+    check(**t, {dim}, name);
+    TORCH_CHECK((*t)->is_contiguous(), name, " must be contiguous");
+  }
+  ScanArgs<T> a;
+  a.u = rows_of<T>(u);
+  a.delta = rows_of<T>(delta);
+  a.z = z.has_value() ? rows_of<T>(*z) : Rows<T>{};
+  a.B = rows_of<T>(B);
+  a.C = rows_of<T>(C);
+  a.A_t = A_t.data_ptr<T>();
+  a.D = data_or_null<T>(D);
+  a.bias = data_or_null<T>(delta_bias);
+  a.softplus = delta_softplus;
+  a.reverse = reverse;
+  a.L = L;
+  a.dim = dim;
+  a.N = N;
+  a.interval = interval;
+  a.num_blocks = (L + interval - 1) / interval;
+  a.num_tiles = (dim + Lanes<T>::kCount - 1) / Lanes<T>::kCount;
+  return a;
 }
 
 template <typename T>
-void forward_impl(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                  const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
-                  const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
-                  bool delta_softplus, const Shapes& s, int64_t interval, at::Tensor& out,
-                  at::Tensor& y_pre_gate, at::Tensor& checkpoints, bool save_for_backward) {
-  const int64_t num_blocks = (s.L + interval - 1) / interval;
-  const int64_t channels = s.batch * s.dim;
-  const int threads = num_threads_for_call();
-  const T* z_ptr = data_or_null<T>(z);
-  T* y_pre_ptr = y_pre_gate.defined() ? y_pre_gate.data_ptr<T>() : nullptr;
-  T* ckpt_ptr = save_for_backward ? checkpoints.data_ptr<T>() : nullptr;
-#pragma omp parallel num_threads(threads)
+void forward_impl(const ScanArgs<T>& a, int64_t batch, const ForwardOut<T>& o) {
+  const int64_t tasks = batch * a.num_tiles;
+#pragma omp parallel num_threads(num_threads_for_call())
   {
-    std::vector<T> work(forward_work_size(s.N, interval));
+    const VectorBuffer<Vec<T>> work(2 * a.N);
 #pragma omp for schedule(static)
-    for (int64_t ch = 0; ch < channels; ++ch) {
-      const int64_t b = ch / s.dim;
-      const int64_t d = ch % s.dim;
-      const int64_t seq = ch * s.L;
-      ForwardChannel<T> c;
-      c.u = u.data_ptr<T>() + seq;
-      c.delta = delta.data_ptr<T>() + seq;
-      c.A = A.data_ptr<T>() + d * s.N;
-      c.B = B.data_ptr<T>() + b * s.L * s.N;
-      c.C = C.data_ptr<T>() + b * s.L * s.N;
-      c.z = z_ptr != nullptr ? z_ptr + seq : nullptr;
-      c.D = value_at_or_zero<T>(D, d);
-      c.bias = value_at_or_zero<T>(delta_bias, d);
-      c.softplus = delta_softplus;
-      c.L = s.L;
-      c.N = s.N;
-      c.interval = interval;
-      c.out = out.data_ptr<T>() + seq;
-      c.y_pre_gate = y_pre_ptr != nullptr ? y_pre_ptr + seq : nullptr;
-      c.checkpoints = ckpt_ptr != nullptr ? ckpt_ptr + ch * num_blocks * s.N : nullptr;
-      c.work = work.data();
-      run_forward(c);
+    for (int64_t task = 0; task < tasks; ++task) {
+      kernels<T>().forward_tile(a, o, task / a.num_tiles, task % a.num_tiles, work.data());
     }
   }
 }
 
-// Returns {out, y_pre_gate, checkpoints}. y_pre_gate (the output before the silu(z) gate) and
-// checkpoints (batch, dim, ceil(L / interval), N) are empty unless save_for_backward.
+// Returns {out, y_pre_gate, checkpoints}; the last two are empty unless save_for_backward
+// (y_pre_gate also when there is no z). checkpoints is an opaque (batch, tiles, blocks, N,
+// lanes) tensor for the backward.
 std::vector<at::Tensor> selective_scan_forward(
-    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A_t, const at::Tensor& B,
     const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
-    const std::optional<at::Tensor>& delta_bias, bool delta_softplus, int64_t interval,
-    bool save_for_backward) {
-  const Shapes s = check_inputs(u, delta, A, B, C, D, z, delta_bias, interval);
+    const std::optional<at::Tensor>& delta_bias, bool delta_softplus, bool reverse,
+    int64_t interval, bool save_for_backward) {
   TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble,
               "fused selective scan supports float32 and float64, got ", u.scalar_type());
-  const int64_t num_blocks = (s.L + interval - 1) / interval;
-  at::Tensor out = at::empty_like(u);
-  at::Tensor y_pre_gate = (save_for_backward && z.has_value()) ? at::empty_like(u) : at::Tensor();
-  at::Tensor checkpoints = save_for_backward
-                               ? at::empty({s.batch, s.dim, num_blocks, s.N}, u.options())
-                               : at::Tensor();
-  if (u.scalar_type() == at::kFloat) {
-    forward_impl<float>(u, delta, A, B, C, D, z, delta_bias, delta_softplus, s, interval, out,
-                        y_pre_gate, checkpoints, save_for_backward);
-  } else {
-    forward_impl<double>(u, delta, A, B, C, D, z, delta_bias, delta_softplus, s, interval, out,
-                         y_pre_gate, checkpoints, save_for_backward);
-  }
-  return {out, y_pre_gate.defined() ? y_pre_gate : at::empty({0}, u.options()),
-          checkpoints.defined() ? checkpoints : at::empty({0}, u.options())};
+  at::Tensor out = at::empty({u.size(0), u.size(1), u.size(2)}, u.options());
+  at::Tensor y_pre_gate, checkpoints;
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "fused_selective_scan_forward", [&] {
+    using T = scalar_t;
+    const ScanArgs<T> a =
+        make_args<T>(u, delta, A_t, B, C, D, z, delta_bias, delta_softplus, reverse, interval);
+    const int64_t batch = u.size(0);
+    if (save_for_backward) {
+      checkpoints = at::empty({batch, a.num_tiles, a.num_blocks, a.N, Lanes<T>::kCount},
+                              u.options());
+      if (z.has_value()) y_pre_gate = at::empty_like(out);
+    }
+    ForwardOut<T> o;
+    o.out = out.data_ptr<T>();
+    o.y_pre_gate = y_pre_gate.defined() ? y_pre_gate.data_ptr<T>() : nullptr;
+    o.checkpoints = checkpoints.defined() ? checkpoints.data_ptr<T>() : nullptr;
+    forward_impl(a, batch, o);
+  });
+  at::Tensor empty = at::empty({0}, u.options());
+  return {out, y_pre_gate.defined() ? y_pre_gate : empty,
+          checkpoints.defined() ? checkpoints : empty};
 }
 
+// Per-batch partial results of the backward that are reduced over the batch afterwards.
 template <typename T>
-void backward_impl(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                   const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
-                   const std::optional<at::Tensor>& z,
-                   const std::optional<at::Tensor>& delta_bias, bool delta_softplus,
-                   const Shapes& s, int64_t interval, const at::Tensor& dout,
-                   const at::Tensor& y_pre_gate, const at::Tensor& checkpoints, int64_t groups,
-                   int threads, at::Tensor& du, at::Tensor& ddelta, at::Tensor& dz,
-                   at::Tensor& dB_part, at::Tensor& dC_part, at::Tensor& dA_part,
-                   at::Tensor& dD_part, at::Tensor& dbias_part) {
-  const int64_t num_blocks = (s.L + interval - 1) / interval;
-  const int64_t tasks = s.batch * groups;
-  const T* z_ptr = data_or_null<T>(z);
-  const int64_t work_size = backward_work_size(s.N, interval);
+struct BackwardPartials {
+  T* dB;     // (groups, batch, L, N)
+  T* dC;     // (groups, batch, L, N)
+  T* dA;     // (batch, dim, N)
+  T* dD;     // (batch, dim)
+  T* dbias;  // (batch, dim)
+};
+
+template <typename T>
+void backward_impl(const ScanArgs<T>& a, int64_t batch, int64_t groups, int threads,
+                   const BackwardOut<T>& o, const BackwardPartials<T>& p) {
+  using V = Vec<T>;
+  constexpr int W = Lanes<T>::kCount;
+  const int64_t K = a.interval, L = a.L, N = a.N;
+  const int64_t tasks = batch * groups;
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<T> work(work_size);
+    const VectorBuffer<V> buffer(BackwardWork<T>::size(K, N));
+    const BackwardWork<T> w(buffer.data(), K, N);
+    const int64_t max_tiles = (a.num_tiles + groups - 1) / groups;
+    const int64_t carry_size = max_tiles * (2 * N + 2);
+    const VectorBuffer<V> carry_buffer(carry_size);
+    auto carry_of = [&](int64_t j) {
+      V* base = carry_buffer.data() + j * (2 * N + 2);
+      return TileCarry<T>{base, base + N, base + 2 * N, base + 2 * N + 1};
+    };
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t b = task / groups;
       const int64_t group = task % groups;
-      const int64_t d_begin = group * s.dim / groups;
-      const int64_t d_end = (group + 1) * s.dim / groups;
-      T* dB_task = dB_part.data_ptr<T>() + (group * s.batch + b) * s.L * s.N;
-      T* dC_task = dC_part.data_ptr<T>() + (group * s.batch + b) * s.L * s.N;
-      for (int64_t d = d_begin; d < d_end; ++d) {
-        const int64_t ch = b * s.dim + d;
-        const int64_t seq = ch * s.L;
-        BackwardChannel<T> c;
-        c.u = u.data_ptr<T>() + seq;
-        c.delta = delta.data_ptr<T>() + seq;
-        c.A = A.data_ptr<T>() + d * s.N;
-        c.B = B.data_ptr<T>() + b * s.L * s.N;
-        c.C = C.data_ptr<T>() + b * s.L * s.N;
-        c.z = z_ptr != nullptr ? z_ptr + seq : nullptr;
-        c.y_pre_gate = z_ptr != nullptr ? y_pre_gate.data_ptr<T>() + seq : nullptr;
-        c.dout = dout.data_ptr<T>() + seq;
-        c.checkpoints = checkpoints.data_ptr<T>() + ch * num_blocks * s.N;
-        c.D = value_at_or_zero<T>(D, d);
-        c.bias = value_at_or_zero<T>(delta_bias, d);
-        c.softplus = delta_softplus;
-        c.L = s.L;
-        c.N = s.N;
-        c.interval = interval;
-        c.du = du.data_ptr<T>() + seq;
-        c.ddelta = ddelta.data_ptr<T>() + seq;
-        c.dz = z_ptr != nullptr ? dz.data_ptr<T>() + seq : nullptr;
-        c.dB = dB_task;
-        c.dC = dC_task;
-        c.dA = dA_part.data_ptr<T>() + ch * s.N;
-        c.dD = dD_part.data_ptr<T>() + ch;
-        c.dbias = dbias_part.data_ptr<T>() + ch;
-        c.work = work.data();
-        run_backward(c);
+      const int64_t tile_begin = group * a.num_tiles / groups;
+      const int64_t task_tiles = (group + 1) * a.num_tiles / groups - tile_begin;
+      std::fill(carry_buffer.data(), carry_buffer.data() + carry_size, V{});
+      T* dB_task = p.dB + (group * batch + b) * L * N;
+      T* dC_task = p.dC + (group * batch + b) * L * N;
+      for (int64_t block = a.num_blocks - 1; block >= 0; --block) {
+        const int64_t s0 = block * K;
+        const int64_t len = std::min(K, L - s0);
+        std::fill(w.acc_B, w.acc_B + len * N, V{});
+        std::fill(w.acc_C, w.acc_C + len * N, V{});
+        for (int64_t j = 0; j < task_tiles; ++j) {
+          kernels<T>().backward_tile_block(a, o, b, tile_begin + j, block, w, carry_of(j));
+        }
+        for (int64_t i = 0; i < len; ++i) {
+          const int64_t t = a.time(s0 + i);
+          for (int64_t n = 0; n < N; ++n) {
+            dB_task[t * N + n] = lane_sum<T>(w.acc_B[i * N + n]);
+            dC_task[t * N + n] = lane_sum<T>(w.acc_C[i * N + n]);
+          }
+        }
+      }
+      for (int64_t j = 0; j < task_tiles; ++j) {
+        const TileCarry<T> c = carry_of(j);
+        const int64_t d0 = (tile_begin + j) * W;
+        const int count = a.lanes_of(tile_begin + j);
+        for (int lane = 0; lane < count; ++lane) {
+          const int64_t d = b * a.dim + d0 + lane;
+          for (int64_t n = 0; n < N; ++n) p.dA[d * N + n] = c.dA[n][lane];
+          p.dD[d] = (*c.dD)[lane];
+          p.dbias[d] = (*c.dbias)[lane];
+        }
       }
     }
   }
 }
 
-// Returns {du, ddelta, dA, dB, dC, dD, dz, ddelta_bias}; dB and dC are (batch, L, N) like the
-// inputs; dD, dz and ddelta_bias are empty when the corresponding input is absent.
+// Returns {du, ddelta, dA (dim, N), dB, dC (batch, L, N), dD, dz, ddelta_bias}; dD, dz and
+// ddelta_bias are empty when the corresponding input is absent.
 std::vector<at::Tensor> selective_scan_backward(
-    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A_t, const at::Tensor& B,
     const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
-    const std::optional<at::Tensor>& delta_bias, bool delta_softplus, int64_t interval,
-    const at::Tensor& dout, const at::Tensor& y_pre_gate, const at::Tensor& checkpoints) {
-  const Shapes s = check_inputs(u, delta, A, B, C, D, z, delta_bias, interval);
-  const int64_t num_blocks = (s.L + interval - 1) / interval;
+    const std::optional<at::Tensor>& delta_bias, bool delta_softplus, bool reverse,
+    int64_t interval, const at::Tensor& dout, const at::Tensor& y_pre_gate,
+    const at::Tensor& checkpoints) {
+  TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble,
+              "fused selective scan supports float32 and float64, got ", u.scalar_type());
+  const int64_t batch = u.size(0), L = u.size(1), dim = u.size(2), N = A_t.size(0);
   TORCH_CHECK(dout.sizes() == u.sizes() && dout.is_contiguous() &&
                   dout.scalar_type() == u.scalar_type(),
               "dout must be a contiguous ", u.scalar_type(), " tensor of shape ", u.sizes());
-  TORCH_CHECK(checkpoints.sizes() == at::IntArrayRef({s.batch, s.dim, num_blocks, s.N}),
-              "checkpoints have shape ", checkpoints.sizes(), ", expected ",
-              at::IntArrayRef({s.batch, s.dim, num_blocks, s.N}));
-  TORCH_CHECK(!z.has_value() || y_pre_gate.sizes() == u.sizes(),
-              "y_pre_gate must have the shape of u when z is given");
+  TORCH_CHECK(!z.has_value() || (y_pre_gate.sizes() == u.sizes() && y_pre_gate.is_contiguous()),
+              "y_pre_gate must be a contiguous tensor of the shape of u when z is given");
   const int threads = num_threads_for_call();
-  // Channels of one batch element are split into `groups` tasks with private dB/dC
-  // accumulators; batch * groups is a multiple of the thread count so the load is even.
-  const int64_t groups =
-      std::max<int64_t>(1, std::min<int64_t>(s.dim, threads / std::gcd<int64_t>(s.batch, threads)));
+  const int64_t lanes = u.scalar_type() == at::kFloat ? Lanes<float>::kCount
+                                                      : Lanes<double>::kCount;
+  const int64_t num_tiles = (dim + lanes - 1) / lanes;
+  // The tiles of one batch element are split into `groups` tasks with private dB/dC partials;
+  // batch * groups is a multiple of the thread count where possible, so the load is even.
+  const int64_t groups = std::max<int64_t>(
+      1, std::min<int64_t>(num_tiles, threads / std::gcd<int64_t>(batch, threads)));
   auto opts = u.options();
-  at::Tensor du = at::empty_like(u);
-  at::Tensor ddelta = at::empty_like(u);
-  at::Tensor dz = z.has_value() ? at::empty_like(u) : at::empty({0}, opts);
-  at::Tensor dB_part = at::zeros({groups, s.batch, s.L, s.N}, opts);
-  at::Tensor dC_part = at::zeros({groups, s.batch, s.L, s.N}, opts);
-  at::Tensor dA_part = at::empty({s.batch, s.dim, s.N}, opts);
-  at::Tensor dD_part = at::empty({s.batch, s.dim}, opts);
-  at::Tensor dbias_part = at::empty({s.batch, s.dim}, opts);
-  if (u.scalar_type() == at::kFloat) {
-    backward_impl<float>(u, delta, A, B, C, D, z, delta_bias, delta_softplus, s, interval, dout,
-                         y_pre_gate, checkpoints, groups, threads, du, ddelta, dz, dB_part,
-                         dC_part, dA_part, dD_part, dbias_part);
-  } else {
-    backward_impl<double>(u, delta, A, B, C, D, z, delta_bias, delta_softplus, s, interval, dout,
-                          y_pre_gate, checkpoints, groups, threads, du, ddelta, dz, dB_part,
-                          dC_part, dA_part, dD_part, dbias_part);
-  }
-  at::Tensor dB = groups == 1 ? dB_part.select(0, 0) : dB_part.sum(0);
-  at::Tensor dC = groups == 1 ? dC_part.select(0, 0) : dC_part.sum(0);
+  at::Tensor du = at::empty({batch, L, dim}, opts);
+  at::Tensor ddelta = at::empty({batch, L, dim}, opts);
+  at::Tensor dz = z.has_value() ? at::empty({batch, L, dim}, opts) : at::empty({0}, opts);
+  at::Tensor dB_part = at::empty({groups, batch, L, N}, opts);
+  at::Tensor dC_part = at::empty({groups, batch, L, N}, opts);
+  at::Tensor dA_part = at::empty({batch, dim, N}, opts);
+  at::Tensor dD_part = at::empty({batch, dim}, opts);
+  at::Tensor dbias_part = at::empty({batch, dim}, opts);
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "fused_selective_scan_backward", [&] {
+    using T = scalar_t;
+    const ScanArgs<T> a =
+        make_args<T>(u, delta, A_t, B, C, D, z, delta_bias, delta_softplus, reverse, interval);
+    const std::vector<int64_t> expected{batch, a.num_tiles, a.num_blocks, N, Lanes<T>::kCount};
+    TORCH_CHECK(checkpoints.sizes() == at::IntArrayRef(expected), "checkpoints have shape ", checkpoints.sizes(),
+                ", expected ", expected);
+    BackwardOut<T> o;
+    o.dout = dout.data_ptr<T>();
+    o.y_pre_gate = z.has_value() ? y_pre_gate.data_ptr<T>() : nullptr;
+    o.checkpoints = checkpoints.data_ptr<T>();
+    o.du = du.data_ptr<T>();
+    o.ddelta = ddelta.data_ptr<T>();
+    o.dz = z.has_value() ? dz.data_ptr<T>() : nullptr;
+    const BackwardPartials<T> p{dB_part.data_ptr<T>(), dC_part.data_ptr<T>(),
+                                dA_part.data_ptr<T>(), dD_part.data_ptr<T>(),
+                                dbias_part.data_ptr<T>()};
+    backward_impl(a, batch, groups, threads, o, p);
+  });
   at::Tensor empty = at::empty({0}, opts);
   return {du,
           ddelta,
           dA_part.sum(0),
-          dB,
-          dC,
+          groups == 1 ? dB_part.select(0, 0) : dB_part.sum(0),
+          groups == 1 ? dC_part.select(0, 0) : dC_part.sum(0),
           D.has_value() ? dD_part.sum(0) : empty,
           dz,
           delta_bias.has_value() ? dbias_part.sum(0) : empty};
@@ -595,14 +549,18 @@ std::vector<at::Tensor> selective_scan_backward(
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "Fused CPU selective scan (Mamba-1) with checkpointed recomputing backward";
-  m.def("forward", &selective_scan_forward, "selective scan forward", py::arg("u"),
-        py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"), py::arg("z"),
-        py::arg("delta_bias"), py::arg("delta_softplus"), py::arg("interval"),
-        py::arg("save_for_backward"));
-  m.def("backward", &selective_scan_backward, "selective scan backward", py::arg("u"),
-        py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"), py::arg("z"),
-        py::arg("delta_bias"), py::arg("delta_softplus"), py::arg("interval"), py::arg("dout"),
-        py::arg("y_pre_gate"), py::arg("checkpoints"));
+  m.doc() = "Fused CPU selective scan (Mamba-1, channel-last) and the mixer ops around it";
+  m.def("forward", &selective_scan_forward, "selective scan forward (channel-last)",
+        py::arg("u"), py::arg("delta"), py::arg("A_t"), py::arg("B"), py::arg("C"), py::arg("D"),
+        py::arg("z"), py::arg("delta_bias"), py::arg("delta_softplus"), py::arg("reverse"),
+        py::arg("interval"), py::arg("save_for_backward"));
+  m.def("backward", &selective_scan_backward, "selective scan backward (channel-last)",
+        py::arg("u"), py::arg("delta"), py::arg("A_t"), py::arg("B"), py::arg("C"), py::arg("D"),
+        py::arg("z"), py::arg("delta_bias"), py::arg("delta_softplus"), py::arg("reverse"),
+        py::arg("interval"), py::arg("dout"), py::arg("y_pre_gate"), py::arg("checkpoints"));
+  m.def("scan_isas", &scan_isas, "instruction sets of the scan kernels usable here, widest first");
+  m.def("scan_isa", &scan_isa, "instruction set of the scan kernels in use");
+  m.def("set_scan_isa", &set_scan_isa, "use the scan kernels of this instruction set",
+        py::arg("name"));
   ssamba::bind_mixer_ops(m);
 }
