@@ -3,11 +3,15 @@
 Prints a markdown table: minimum wall time (and process CPU time) over --repeats runs for each
 sequence length and torch thread count. Inputs mimic one direction of a Mamba layer (dt ~ 0.01 to 0.06,
 S4D-real A = -(1..N)); --mamba-layer adds z gating, delta_bias and softplus as Mamba uses them.
+By default the kernel is called channel-last, as the mixer calls it; --layout mamba times the
+(batch, dim, L) wrapper instead (one transpose copy per input and output), --reverse the
+time-reversed recurrence, --isa one instruction-set build of the kernels.
 
 Examples:
     python benchmarks/fused_scan.py
     python benchmarks/fused_scan.py --lengths 1024 --threads 1 --repeats 10
     python benchmarks/fused_scan.py --mamba-layer --dtype float64
+    python benchmarks/fused_scan.py --lengths 1024 --layout mamba --isa baseline
 """
 
 from __future__ import annotations
@@ -18,7 +22,15 @@ import time
 
 import torch
 
-from ssamba.models.fused_scan import fused_selective_scan, fused_status
+from ssamba.models.fused_scan import (
+    fused_kernel_isas,
+    fused_selective_scan,
+    fused_selective_scan_channels_last,
+    fused_status,
+    set_fused_kernel_isa,
+)
+
+CHANNEL_LAST_INPUTS = ("u", "delta", "B", "C", "z")
 
 DTYPES = {
     "float32": torch.float32,
@@ -46,7 +58,16 @@ def make_inputs(args: argparse.Namespace, length: int) -> dict:
         )  # softplus -> ~0.05
         inputs["z"] = torch.randn(shape, generator=g)
         inputs["delta_bias"] = torch.randn(args.dim, generator=g) * 0.1
+    if args.layout == "channels-last":
+        inputs = {name: t.transpose(1, 2).contiguous() if name in CHANNEL_LAST_INPUTS else t for name, t in inputs.items()}
     return {name: t.to(dtype).requires_grad_() for name, t in inputs.items()}
+
+
+def scan(args: argparse.Namespace, inputs: dict) -> torch.Tensor:
+    """One call of the scan in the chosen layout."""
+    if args.layout == "channels-last":
+        return fused_selective_scan_channels_last(**inputs, delta_softplus=args.mamba_layer, reverse=args.reverse)
+    return fused_selective_scan(**inputs, delta_softplus=args.mamba_layer)
 
 
 def time_length(args: argparse.Namespace, length: int) -> tuple[float, float, float]:
@@ -57,20 +78,18 @@ def time_length(args: argparse.Namespace, length: int) -> tuple[float, float, fl
     OpenMP threads.
     """
     inputs = make_inputs(args, length)
-    grad_out = torch.randn(args.batch, args.dim, length).to(DTYPES[args.dtype])
+    grad_out = torch.randn(inputs["u"].shape).to(DTYPES[args.dtype])
     train_times, train_cpu_times, inference_times = [], [], []
     for _ in range(args.repeats + 1):  # the first run warms caches and is dropped
         for tensor in inputs.values():
             tensor.grad = None
         start, start_cpu = time.perf_counter(), time.process_time()
-        fused_selective_scan(**inputs, delta_softplus=args.mamba_layer).backward(
-            grad_out
-        )
+        scan(args, inputs).backward(grad_out)
         train_times.append(time.perf_counter() - start)
         train_cpu_times.append(time.process_time() - start_cpu)
         with torch.no_grad():
             start = time.perf_counter()
-            fused_selective_scan(**inputs, delta_softplus=args.mamba_layer)
+            scan(args, inputs)
             inference_times.append(time.perf_counter() - start)
     return min(train_times[1:]), min(train_cpu_times[1:]), min(inference_times[1:])
 
@@ -119,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also use z gating, delta_bias and softplus",
     )
+    parser.add_argument(
+        "--layout",
+        choices=["channels-last", "mamba"],
+        default="channels-last",
+        help="call the kernel channel-last (as the mixer does, default) or through the (batch, dim, L) wrapper",
+    )
+    parser.add_argument("--reverse", action="store_true", help="time the time-reversed recurrence (channels-last only)")
+    parser.add_argument("--isa", default=None, help="instruction-set build of the kernels (default: the widest this CPU runs)")
     return parser
 
 
@@ -128,8 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     if reason is not None:
         print(f"fused selective scan unavailable: {reason}", file=sys.stderr)
         return 1
+    if args.reverse and args.layout != "channels-last":
+        print("--reverse needs --layout channels-last", file=sys.stderr)
+        return 2
+    if args.isa is not None:
+        if args.isa not in fused_kernel_isas():
+            print(f"--isa {args.isa}: not available here; available: {', '.join(fused_kernel_isas())}", file=sys.stderr)
+            return 2
+        set_fused_kernel_isa(args.isa)
     print(
-        f"batch={args.batch} dim={args.dim} N={args.state} dtype={args.dtype} "
+        f"batch={args.batch} dim={args.dim} N={args.state} dtype={args.dtype} layout={args.layout} "
+        f"reverse={args.reverse} isa={args.isa or fused_kernel_isas()[0]} "
         f"mamba_layer={args.mamba_layer} repeats={args.repeats} (min wall time)\n"
     )
     print("| L | threads | fwd+bwd ms | fwd+bwd CPU ms | fwd (no grad) ms |")

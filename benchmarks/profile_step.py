@@ -11,7 +11,7 @@ and ``--compare-scan B`` alternates steps with the ``--scan`` backend and backen
 timings of one model, far less sensitive to changing load than separate runs); both print the
 minimum of each and their ratio.
 
-examples:
+Examples:
   python benchmarks/profile_step.py                                   # default scan backend, 1 and 2 threads
   python benchmarks/profile_step.py --scan chunked --threads 1 --repeats 3
   python benchmarks/profile_step.py --scan fused --no-fused-ops       # scan kernel only, conv in PyTorch
@@ -49,7 +49,8 @@ def build(args: argparse.Namespace) -> tuple[MaskedPatchModel, torch.optim.Optim
     """The model in training mode, its AdamW optimiser and one fixed input batch."""
     torch.manual_seed(0)
     encoder = AudioMambaEncoder(preset_config(PRESET, target_length=args.target_length, scan_backend=args.scan))
-    model = MaskedPatchModel(encoder, ObjectiveConfig(mask_patch=args.mask_patch)).train()
+    objective = ObjectiveConfig(mask_patch=args.mask_patch, eval_mask_patch=args.mask_patch)  # evaluation masking unused here
+    model = MaskedPatchModel(encoder, objective).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     fbank = torch.randn(args.batch_size, args.target_length, NUM_MEL_BINS)
     return model, optimizer, fbank
@@ -167,7 +168,7 @@ def print_result(result: dict[str, Any]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=__doc__.split("examples:")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n\n")[0], epilog="Examples:" + __doc__.split("Examples:")[1], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--scan", choices=BACKENDS, default=None, help="selective-scan backend (default: automatic, 'fused' when it builds)")
     parser.add_argument("--no-fused-ops", action="store_true", help="run the conv/gate glue in plain PyTorch even when the fused extension is available")

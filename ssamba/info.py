@@ -14,6 +14,7 @@ import platform
 import torch
 
 import ssamba
+from ssamba.models.fused_scan import fused_kernel_isas
 from ssamba.models.scan import backend_status, resolve_backend
 
 
@@ -30,7 +31,10 @@ def main(args: argparse.Namespace) -> int:
     print(f"cuda          {cuda}")
     print("scan backends:")
     for name, reason in backend_status().items():
-        print(f"  {name:<10} {'usable' if reason is None else 'unavailable: ' + reason}")
+        detail = "usable" if reason is None else "unavailable: " + reason
+        if name == "fused" and reason is None:
+            detail += f" (kernels for {fused_kernel_isas()[0]})"
+        print(f"  {name:<10} {detail}")
     override = os.environ.get("SSAMBA_SCAN")
     chosen = resolve_backend(None, device)
     print(f"scan on {device.type:<5} {chosen}" + (f" (from SSAMBA_SCAN={override})" if override else " (automatic)"))

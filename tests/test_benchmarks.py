@@ -120,7 +120,40 @@ def test_throughput_script_writes_a_row_per_backend(tmp_path):
         assert measured["clips_per_s"] == pytest.approx(int(processes) * 2 / max(sum(r["step_s"]) for r in measured["reports"]))
 
 
-@pytest.mark.parametrize("script", ["efficiency.py", "backend_throughput.py"])
+def _needs_fused() -> None:
+    from ssamba.models.fused_scan import fused_status
+
+    reason = fused_status()
+    if reason is not None:
+        pytest.skip(f"fused CPU extension unavailable: {reason}")
+
+
+def test_fused_scan_script_prints_a_row_per_length_and_thread_count():
+    _needs_fused()
+    proc = _run("fused_scan.py", "--lengths", "17", "70", "--threads", "1", "--dim", "20", "--repeats", "1", "--reverse", "--isa", "baseline")
+    assert "layout=channels-last reverse=True isa=baseline" in proc.stdout
+    rows = [_table_rows(proc.stdout, length) for length in ("17", "70")]
+    assert all(len(r) == 1 and r[0][1] == "1" and float(r[0][2]) > 0 for r in rows)
+
+
+def test_fused_scan_script_rejects_an_unknown_isa():
+    _needs_fused()
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "fused_scan.py"), "--isa", "sse9"], check=False, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
+    assert proc.returncode == 2 and "--isa sse9: not available here" in proc.stderr
+
+
+def test_profile_step_compares_two_scan_backends(tmp_path):
+    _needs_fused()
+    args = ["--target-length", "64", "--mask-patch", "8", "--batch-size", "1", "--threads", "1", "--repeats", "1", "--warmup", "0"]
+    proc = _run("profile_step.py", "--scan", "fused", "--compare-scan", "chunked", *args, "--out-dir", str(tmp_path))
+    assert "chunked / fused = " in proc.stdout
+    (result,) = json.loads((tmp_path / "profile_step_fused-vs-chunked.json").read_text())
+    assert result["ratio"] == pytest.approx(result["chunked_step_wall_s"] / result["fused_step_wall_s"])
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "profile_step.py"), "--scan", "fused", "--compare-scan", "fused"], check=False, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
+    assert proc.returncode == 2 and "--compare-scan fused is the --scan backend itself" in proc.stderr
+
+
+@pytest.mark.parametrize("script", ["efficiency.py", "backend_throughput.py", "fused_scan.py", "profile_step.py"])
 def test_scripts_have_help_with_examples(script):
     proc = _run(script, "--help")
     assert "Examples:" in proc.stdout and f"python benchmarks/{script}" in proc.stdout

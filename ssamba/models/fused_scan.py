@@ -177,8 +177,33 @@ class _FusedSelectiveScan(torch.autograd.Function):
         )
 
 
-def _check_arguments(op: str, tensors: dict[str, torch.Tensor | None], shapes: dict[str, tuple[tuple[int, ...], str]]) -> torch.dtype:
-    """TypeError/ValueError naming the first bad argument; returns the compute dtype."""
+def _check_arguments(op: str, channels_last: bool, tensors: dict[str, torch.Tensor | None]) -> torch.dtype:
+    """TypeError/ValueError naming the first bad argument of a scan in either layout; returns the
+    compute dtype (float64 if any input is float64, else float32)."""
+    layout = "(batch, L, dim)" if channels_last else "(batch, dim, L)"
+    u, A = tensors["u"], tensors["A"]
+    if not isinstance(u, torch.Tensor) or u.dim() != 3:
+        raise ValueError(f"{op}: u must be a {layout} tensor, got {getattr(u, 'shape', type(u).__name__)}")
+    if not isinstance(A, torch.Tensor) or A.dim() != 2:
+        raise ValueError(f"{op}: A must be a (dim, N) tensor, got {getattr(A, 'shape', type(A).__name__)}")
+    if channels_last:
+        batch, length, dim = u.shape
+    else:
+        batch, dim, length = u.shape
+    if length == 0:
+        raise ValueError(f"{op}: the sequence length L must be at least 1")
+    n_state = A.shape[1]
+    per_channel = ((batch, length, dim) if channels_last else (batch, dim, length), layout)
+    per_state = ((batch, length, n_state), "(batch, L, N)") if channels_last else ((batch, n_state, length), "(batch, N, L)")
+    shapes = {
+        "delta": per_channel,
+        "A": ((dim, n_state), "(dim, N)"),
+        "B": per_state,
+        "C": per_state,
+        "D": ((dim,), "(dim,)"),
+        "z": per_channel,
+        "delta_bias": ((dim,), "(dim,)"),
+    }
     present = {name: t for name, t in tensors.items() if t is not None}
     for name, tensor in present.items():
         if not isinstance(tensor, torch.Tensor):
@@ -187,10 +212,10 @@ def _check_arguments(op: str, tensors: dict[str, torch.Tensor | None], shapes: d
             raise TypeError(f"{op}: {name} must be a floating tensor, got {tensor.dtype}")
         if tensor.device.type != "cpu":
             raise ValueError(f"{op} runs on CPU tensors only; {name} is on {tensor.device}")
-    for name, (expected, layout) in shapes.items():
+    for name, (expected, described) in shapes.items():
         tensor = present.get(name)
         if tensor is not None and tuple(tensor.shape) != expected:
-            raise ValueError(f"{op}: {name} must have shape {layout} = {expected}, got {tuple(tensor.shape)}")
+            raise ValueError(f"{op}: {name} must have shape {described} = {expected}, got {tuple(tensor.shape)}")
     return torch.float64 if any(t.dtype == torch.float64 for t in present.values()) else torch.float32
 
 
@@ -215,29 +240,10 @@ def fused_selective_scan_channels_last(
     the output stays in input time order. float32 and float64 are computed natively;
     float16/bfloat16 are computed in float32 and cast back. Differentiable in every tensor.
     """
-    op = "fused_selective_scan_channels_last"
-    if not isinstance(u, torch.Tensor) or u.dim() != 3:
-        raise ValueError(f"{op}: u must be a (batch, L, dim) tensor, got {getattr(u, 'shape', type(u).__name__)}")
-    if not isinstance(A, torch.Tensor) or A.dim() != 2:
-        raise ValueError(f"{op}: A must be a (dim, N) tensor, got {getattr(A, 'shape', type(A).__name__)}")
-    batch, length, dim = u.shape
-    n_state = A.shape[1]
-    if length == 0:
-        raise ValueError(f"{op}: the sequence length L (dim 1 of u) must be at least 1")
-    per_channel = ((batch, length, dim), "(batch, L, dim)")
-    per_state = ((batch, length, n_state), "(batch, L, N)")
     compute_dtype = _check_arguments(
-        op,
+        "fused_selective_scan_channels_last",
+        True,
         {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias},
-        {
-            "delta": per_channel,
-            "A": ((dim, n_state), "(dim, N)"),
-            "B": per_state,
-            "C": per_state,
-            "D": ((dim,), "(dim,)"),
-            "z": per_channel,
-            "delta_bias": ((dim,), "(dim,)"),
-        },
     )
 
     def prepare(t: torch.Tensor | None, vector: bool = False) -> torch.Tensor | None:
@@ -280,27 +286,10 @@ def fused_selective_scan(
     The inputs are transposed to the kernel's channel-last layout (one copy each); the mixer
     calls :func:`fused_selective_scan_channels_last` directly. Dtypes and gradients as there.
     """
-    op = "fused_selective_scan"
-    if not isinstance(u, torch.Tensor) or u.dim() != 3:
-        raise ValueError(f"{op}: u must be a (batch, dim, L) tensor, got {getattr(u, 'shape', type(u).__name__)}")
-    if not isinstance(A, torch.Tensor) or A.dim() != 2:
-        raise ValueError(f"{op}: A must be a (dim, N) tensor, got {getattr(A, 'shape', type(A).__name__)}")
-    batch, dim, length = u.shape
-    n_state = A.shape[1]
-    per_channel = ((batch, dim, length), "(batch, dim, L)")
-    per_state = ((batch, n_state, length), "(batch, N, L)")
     _check_arguments(
-        op,
+        "fused_selective_scan",
+        False,
         {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias},
-        {
-            "delta": per_channel,
-            "A": ((dim, n_state), "(dim, N)"),
-            "B": per_state,
-            "C": per_state,
-            "D": ((dim,), "(dim,)"),
-            "z": per_channel,
-            "delta_bias": ((dim,), "(dim,)"),
-        },
     )
 
     def channels_last(t: torch.Tensor | None) -> torch.Tensor | None:

@@ -17,11 +17,11 @@ Activations stay channel-last (batch, L, E) in input time order throughout: ``x`
 views of ``in_proj``'s output. The backward direction is a time-reversed recurrence
 (``reverse=True``) over an anti-causal conv, which equals running the forward recipe on the
 flipped sequence and flipping the result back. On CPU (float32/float64, eager mode), when the
-fused C++ extension builds and the scan backend is ``fused``, the conv + SiLU is the fused op of
-``ssamba.models.fused_ops`` and the scan runs channel-last with a native ``reverse`` (no
-transpose or flip copies anywhere); otherwise, and under tracing or ``torch.compile``, the
-conv runs in PyTorch and the scan goes through :func:`~ssamba.models.scan.selective_scan` in
-mamba_ssm's (batch, E, L) layout, with explicit flips for the backward direction.
+fused C++ extension builds, the conv + SiLU is the fused op of ``ssamba.models.fused_ops``, and
+with the ``fused`` scan backend the scan runs channel-last with a native ``reverse``: no
+transpose or flip copies anywhere. Other backends get the scan through
+:func:`~ssamba.models.scan.selective_scan` in mamba_ssm's (batch, E, L) layout, with explicit
+flips for the backward direction; under tracing or ``torch.compile`` the conv runs in PyTorch.
 :func:`set_fused_ops_enabled` switches the fused path off (for comparisons).
 """
 

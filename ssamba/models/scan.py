@@ -45,7 +45,9 @@ Backends
     with ``C`` once, because torch 2.13's Inductor-CPU returns wrong outputs (but right gradients)
     for the formulation that contracts inside the unrolled loop.
 ``fused``
-    The C++ kernel of ``ssamba.models.fused_scan`` (the CPU default when it is usable).
+    The C++ kernel of ``ssamba.models.fused_scan`` (the CPU default when it is usable). The kernel
+    is channel-last; through this function it costs one transpose copy per input, while the
+    mixer calls its channel-last entry point directly.
 ``cuda``
     mamba_ssm's CUDA kernel (``pip install 'ssamba[cuda]'``); CUDA tensors only.
 
