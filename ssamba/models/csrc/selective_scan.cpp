@@ -15,9 +15,9 @@
 //   h_t   = exp(dt_t * A_n) * h_prev + dt_t * B_tn * u_t
 //   y_t   = sum_n C_tn * h_tn + D * u_t,   out_t = y_t * silu(z_t) when z is given.
 //
-// One SIMD vector holds kLanes adjacent channels (16 float / 8 double = 64 bytes), so every
-// operation of the recurrence is a full-width vector operation and the sum over states needs
-// no horizontal reduction. A thread takes a (batch, tile of channels) task at a time.
+// One SIMD vector holds Lanes<T>::kCount adjacent channels (16 float / 8 double = 64 bytes),
+// so every operation of the recurrence is a full-width vector operation and the sum over states
+// needs no horizontal reduction. A thread takes a (batch, tile of channels) task at a time.
 //
 // The forward keeps the state only at the start of every block of `interval` steps. The
 // backward runs block by block from the end: for each tile of the task it recomputes the
