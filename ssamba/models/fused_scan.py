@@ -245,6 +245,24 @@ def fused_selective_scan_channels_last(
         True,
         {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias},
     )
+    return _scan_channels_last(compute_dtype, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+
+
+def _scan_channels_last(
+    compute_dtype: torch.dtype,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    reverse: bool,
+) -> torch.Tensor:
+    """Validated channel-last inputs -> the kernel: cast to ``compute_dtype``, make the last
+    dimension contiguous where it is not, run, cast back to ``u``'s dtype."""
 
     def prepare(t: torch.Tensor | None, vector: bool = False) -> torch.Tensor | None:
         if t is None:
@@ -286,7 +304,7 @@ def fused_selective_scan(
     The inputs are transposed to the kernel's channel-last layout (one copy each); the mixer
     calls :func:`fused_selective_scan_channels_last` directly. Dtypes and gradients as there.
     """
-    _check_arguments(
+    compute_dtype = _check_arguments(
         "fused_selective_scan",
         False,
         {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias},
@@ -295,7 +313,8 @@ def fused_selective_scan(
     def channels_last(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.transpose(1, 2)
 
-    y = fused_selective_scan_channels_last(
+    y = _scan_channels_last(
+        compute_dtype,
         channels_last(u),
         channels_last(delta),
         A,
@@ -305,5 +324,6 @@ def fused_selective_scan(
         channels_last(z),
         delta_bias,
         delta_softplus,
+        False,
     )
     return y.transpose(1, 2)
