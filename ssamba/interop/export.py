@@ -51,7 +51,11 @@ CONFIG_SCHEMA: tuple[tuple[str, str], ...] = (
     ("input.shape, input.dtype", '["batch", target_length, num_mel_bins], "float32"'),
     ("input.sample_rate", "Hz of the mono waveform the fbank is computed from"),
     ("input.waveform_mean_removal", "true: the clip's mean is subtracted from the waveform first"),
-    ("input.fbank_options", "every option of Kaldi's compute-fbank / torchaudio.compliance.kaldi.fbank (torchaudio's names; frame_length/frame_shift in ms)"),
+    (
+        "input.fbank_options",
+        "every option of Kaldi's compute-fbank / torchaudio.compliance.kaldi.fbank "
+        "(torchaudio's names; frame_length/frame_shift in ms)",
+    ),
     ("input.target_length, input.length_rule", "frames the encoder takes and how a clip is fitted to them"),
     ("input.normalisation", f'mean, std and formula: {NORMALISATION_FORMULA}'),
     ("outputs", "token features and pooled embedding: shape and meaning"),
@@ -116,8 +120,9 @@ def input_spec(features: FeatureConfig) -> dict[str, object]:
 def output_spec(checkpoint: Checkpoint) -> dict[str, object]:
     enc = checkpoint.encoder_config
     pooling = "mean over patch tokens (CLS excluded)" if enc.pool == "mean" else "the CLS token"
+    tokens = f"token features after the final norm; patches frequency-major, CLS at {enc.cls_position}"
     return {
-        "tokens": {"shape": ["batch", enc.num_patches + enc.num_cls_tokens, enc.embed_dim], "description": f"token features after the final norm; patches frequency-major, CLS at {enc.cls_position}"},
+        "tokens": {"shape": ["batch", enc.num_patches + enc.num_cls_tokens, enc.embed_dim], "description": tokens},
         "embedding": {"shape": ["batch", enc.embed_dim], "description": f"clip embedding: {pooling}"},
     }
 
@@ -143,7 +148,8 @@ def onnx_metadata(config: dict[str, Any]) -> dict[str, str]:
 def _model_card(checkpoint: Checkpoint, config: dict[str, Any], num_params: int, onnx: bool) -> str:
     enc, feat, prov = checkpoint.encoder_config, checkpoint.features, config["provenance"]
     f_patches, t_patches = enc.grid
-    options = config["input"]["fbank_options"]
+    options, outputs = config["input"]["fbank_options"], config["outputs"]
+    n_tokens = enc.num_patches + enc.num_cls_tokens
     seconds = (feat.target_length - 1) * feat.frame_shift_ms / 1000 + feat.frame_length_ms / 1000
     lines = [
         "# SSAMBA audio encoder",
@@ -159,13 +165,17 @@ def _model_card(checkpoint: Checkpoint, config: dict[str, Any], num_params: int,
         "",
         "## Input",
         "",
-        f"The input is a normalised log-mel filterbank `fbank` of shape (batch, {feat.target_length}, {feat.num_mel_bins}), float32 -- not a waveform:",
+        (
+            "The input is a normalised log-mel filterbank `fbank` of shape "
+            f"(batch, {feat.target_length}, {feat.num_mel_bins}), float32 -- not a waveform:"
+        ),
         "",
         f"1. mono audio at {feat.sample_rate} Hz; subtract the clip's mean from the waveform",
         (
             f"2. Kaldi fbank (`torchaudio.compliance.kaldi.fbank` with these options): {feat.num_mel_bins} mel bins, "
-            f"window {options['window_type']}, frame length {options['frame_length']:g} ms, frame shift {options['frame_shift']:g} ms, "
-            f"htk_compat {options['htk_compat']}, dither {options['dither']:g}, use_energy {options['use_energy']}, "
+            f"window {options['window_type']}, frame length {options['frame_length']:g} ms, "
+            f"frame shift {options['frame_shift']:g} ms, htk_compat {options['htk_compat']}, "
+            f"dither {options['dither']:g}, use_energy {options['use_energy']}, "
             f"preemphasis {options['preemphasis_coefficient']:g}, remove_dc_offset {options['remove_dc_offset']}, "
             f"low_freq {options['low_freq']:g} Hz, high_freq {options['high_freq']:g} (<= 0: offset from Nyquist); "
             "all options in `config.json` under `input.fbank_options`"
@@ -175,8 +185,8 @@ def _model_card(checkpoint: Checkpoint, config: dict[str, Any], num_params: int,
         "",
         "## Output",
         "",
-        f"- `encoder(fbank)`: (batch, {enc.num_patches + enc.num_cls_tokens}, {enc.embed_dim}) {config['outputs']['tokens']['description']}",
-        f"- `encoder.embed(fbank)`: (batch, {enc.embed_dim}), {config['outputs']['embedding']['description']}",
+        f"- `encoder(fbank)`: (batch, {n_tokens}, {enc.embed_dim}) {outputs['tokens']['description']}",
+        f"- `encoder.embed(fbank)`: (batch, {enc.embed_dim}), {outputs['embedding']['description']}",
         "",
         "## Usage",
         "",
@@ -193,8 +203,10 @@ def _model_card(checkpoint: Checkpoint, config: dict[str, Any], num_params: int,
         lines += [
             f"## ONNX (`{ONNX_FILE}`)",
             "",
-            f"- input `fbank`: float32 (batch, {feat.target_length}, {feat.num_mel_bins}), the normalised filterbank above, not a waveform; "
-            f"the length is fixed at {feat.target_length} frames (only the batch axis is dynamic)",
+            (
+                f"- input `fbank`: float32 (batch, {feat.target_length}, {feat.num_mel_bins}), the normalised filterbank "
+                f"above, not a waveform; the length is fixed at {feat.target_length} frames (only the batch axis is dynamic)"
+            ),
             "- outputs `tokens` and `embedding` as above",
             "- the graph's `metadata_props` repeat the input recipe: `input`, `target_length`, `num_mel_bins`, `sample_rate`, "
             "`waveform_mean_removal`, `fbank_options` (JSON), `length_rule`, `normalisation` (JSON), `outputs` (JSON)",
