@@ -173,7 +173,9 @@ class BuildLock:
                     f"(lock file {self.path}; ${WAIT_ENV} sets the wait)"
                 )
             if elapsed >= next_notice:
-                notice(f"waiting for {what} by {holder} ({elapsed:.0f} s so far, at most {wait_s:.0f} s; lock file {self.path})")
+                notice(
+                    f"waiting for {what} by {holder} ({elapsed:.0f} s so far, at most {wait_s:.0f} s; lock file {self.path})"
+                )
                 next_notice = elapsed + PROGRESS_EVERY_S
             time.sleep(POLL_S)
 
@@ -205,7 +207,9 @@ def clear_stale_torch_lock(build_dir: Path, wait_s: float) -> None:
             return
         elapsed = time.monotonic() - start
         if elapsed >= wait_s:
-            raise BuildLockTimeout(f"torch's build lock {lock} is held by pid {holders[0]}; gave up after waiting {elapsed:.0f} s")
+            raise BuildLockTimeout(
+                f"torch's build lock {lock} is held by pid {holders[0]}; gave up after waiting {elapsed:.0f} s"
+            )
         if elapsed >= next_notice:
             notice(f"waiting for pid {holders[0]}, which holds torch's build lock {lock} ({elapsed:.0f} s so far)")
             next_notice = elapsed + PROGRESS_EVERY_S

@@ -114,7 +114,8 @@ def _build_key() -> str:
     headers = sorted(p for p in _SOURCE.parent.iterdir() if p.suffix in (".h", ".inc"))
     for path in (*_sources(), *headers):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    context = [_EXTENSION_NAME, *_CXX_FLAGS, *_LD_FLAGS, os.environ.get("CXX", "c++"), torch.__version__, platform.python_version()]
+    compiler = os.environ.get("CXX", "c++")
+    context = [_EXTENSION_NAME, *_CXX_FLAGS, *_LD_FLAGS, compiler, torch.__version__, platform.python_version()]
     digest.update("\0".join(context).encode())
     return digest.hexdigest()
 
