@@ -1,7 +1,7 @@
-"""Compile the fused C++ CPU kernels now (instead of silently on first use) or check the cached build.
+"""Compile the fused C++ CPU kernels now (else they are compiled on first use) or check the cached build.
 
 examples:
-  ssamba build                                    # build (1-3 minutes), or confirm the cached build
+  ssamba build                                    # build (a few minutes), or confirm the cached build
   TORCH_EXTENSIONS_DIR=/scratch/ext ssamba build  # build into another cache directory
   ssamba build --wait 60                          # wait at most 60 s for another process's build
 
