@@ -119,8 +119,9 @@ def test_batched_equals_single() -> None:
     batch = torch.stack([wave[:48000], wave[48000:96000], wave[-48000:]])
     out = fbank(batch, 16000, **SSAMBA_FBANK_OPTIONS)
     assert out.shape == (3, 298, 128)
-    for i in range(3):
-        torch.testing.assert_close(out[i], fbank(batch[i], 16000, **SSAMBA_FBANK_OPTIONS), rtol=0, atol=1e-5)
+    for i in range(3):  # a batched FFT may round differently from a single one: same bound as above
+        single = fbank(batch[i], 16000, **SSAMBA_FBANK_OPTIONS)
+        assert_log_mel_close(out[i].numpy(), single.numpy(), *frame_power(batch[i].numpy(), 16000, SSAMBA_FBANK_OPTIONS))
 
 
 def test_shorter_than_one_window_gives_zero_frames() -> None:
