@@ -424,6 +424,7 @@ def test_status_reports_build_error(fresh_loader, monkeypatch):
     broken = fresh_loader / "broken_scan.cpp"
     broken.write_text("int main() { return undeclared_name; }\n")
     monkeypatch.setattr(fused_scan, "_SOURCE", broken)
+    monkeypatch.setattr(fused_scan, "_EXTRA_SOURCES", ())  # else ninja finishes compiling them first (minutes)
     monkeypatch.setattr(
         fused_scan, "_EXTENSION_NAME", "ssamba_fused_scan_broken_source"
     )
