@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "export": "ssamba.interop.export",
     "import": "ssamba.interop.import_official",
     "embed": "ssamba.interop.embed",
+    "finetune": "ssamba.train.finetune",
+    "predict": "ssamba.interop.predict",
 }
 
 

@@ -93,6 +93,8 @@ class FinetuneDataConfig:
     """Evaluation batch per process; None uses ``batch_size``."""
     num_workers: int = 4
     """Loader worker processes per training process (0 decodes in the training process)."""
+    seconds_per_label: float = 1.0
+    """model.task=per_second: seconds of audio per predicted label (the manifest's segments label them)."""
     balanced_sampling: bool = False
     """Draw training clips with probability from label frequency (AudioSet-style imbalanced sets):
     weight of a clip = sum over its labels of 1000 / (count(label) + 0.01), as AuM/PSLA."""
@@ -258,6 +260,7 @@ def _build_model(values: Any) -> FinetuneModelConfig:
 def _check_ranges(cfg: FinetuneConfig) -> None:
     positive = {
         "data.batch_size": cfg.data.batch_size,
+        "data.seconds_per_label": cfg.data.seconds_per_label,
         "optim.lr": cfg.optim.lr,
         "optim.head_lr": cfg.optim.head_lr,
         "optim.layer_decay": cfg.optim.layer_decay,
