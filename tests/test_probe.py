@@ -139,3 +139,45 @@ def test_hidden_states_end_with_the_default_output() -> None:
         assert encoder.num_hidden_states == count and len(states) == count
         torch.testing.assert_close(states[-1], output, rtol=0, atol=0)
         assert all(s.shape == output.shape for s in states) and not torch.equal(states[0], states[-1])
+
+
+def test_multilabel_probe_reports_map(clips, tmp_path: Path) -> None:
+    root, rows = clips
+    tags = {"tone": "tonal", "chirp": "tonal;sweep", "noise": "noisy"}
+    manifest = _manifest(root, "multi.csv", [(p, tags[label]) for p, label in rows], {"split": _splits(rows)})
+    report = _probe("--manifest", str(manifest), "--encoder", "logmel", "--task", "multilabel", "--no-cache",
+                    "--output", str(tmp_path / "r.json"))
+    assert report["task"] == "multilabel" and report["classes"] == ["noisy", "sweep", "tonal"]
+    (result,) = report["encoders"]
+    assert result["metric"] == "mAP" and result["summary"]["test"]["mean"] > 0.9
+    assert set(result["evaluations"][0]["test"]["per_class_ap"]) == {"noisy", "sweep", "tonal"}
+
+
+def test_window_readout_averages_windows_by_columns(encoder_dir: Path, tmp_path: Path) -> None:
+    import soundfile
+
+    from ssamba.audio.fbank import normalize
+    from ssamba.train.probe import EmbeddingCache, Readout, embed_set, load_embedder
+
+    windows = load_embedder(str(encoder_dir), Readout(clip="windows"), window_seconds=1.0)
+    padded = load_embedder(str(encoder_dir), Readout(clip="pad"), target_length=100)
+    features = windows.features
+    assert features.target_length == 100 and windows.windowed.columns_per_window == 6
+    torch.manual_seed(0)
+    short = torch.randn(16000) * 0.1
+    w_in, w_weights = windows.prepare(short)
+    p_in, _ = padded.prepare(short)
+    assert w_in.shape[0] == 1
+    torch.testing.assert_close(windows.embed_windows(w_in), padded.embed_windows(p_in), rtol=1e-5, atol=1e-6)
+    # 2.5 s: 248 frames, 16 column centres inside the clip -> windows at frames 0, 96, 192 holding 6, 6 and 4 columns
+    long = torch.randn(40000) * 0.1
+    inputs, weights = windows.prepare(long)
+    assert weights.tolist() == [6.0, 6.0, 4.0]
+    raw = torch.nn.functional.pad(features.raw_fbank(long), (0, 0, 0, 292 - 248))
+    by_hand = torch.stack([normalize(raw[96 * k : 96 * k + 100], features.mean, features.std) for k in range(3)])
+    torch.testing.assert_close(inputs, by_hand)
+    expected = (windows.embed_windows(by_hand) * torch.tensor([6.0, 6.0, 4.0])[:, None]).sum(0) / 16
+    soundfile.write(tmp_path / "long.wav", long.numpy(), 16000, subtype="FLOAT")
+    (tmp_path / "m.csv").write_text("path,label\nlong.wav,x\n")
+    run = embed_set(read_labelled(tmp_path / "m.csv"), windows, EmbeddingCache(None, windows.space), batch_size=2, progress=False)
+    torch.testing.assert_close(torch.from_numpy(run.vectors[0]), expected, rtol=1e-5, atol=1e-6)
