@@ -516,7 +516,6 @@ class Context:
     data: Any
     """The whole LabelledSet (class list, multi-label flag)."""
     run_dir: Path
-    logger: MetricsLogger | None = None
 
 
 def make_dataset(cfg: FinetuneConfig, subset):
@@ -547,7 +546,9 @@ def train_fold(ctx: Context, plan: FoldPlan, resume: str, progress: bool) -> dic
     results_path = run_dir / RESULTS_FILE
     checkpoints = CheckpointManager(run_dir, keep_last=1)
     if resume == "auto" and results_path.is_file():
-        return json.loads(results_path.read_text(encoding="utf-8"))  # this fold finished before
+        finished = json.loads(results_path.read_text(encoding="utf-8"))
+        if len(finished["history"]) == cfg.train.epochs:
+            return finished  # this fold finished before (with as many epochs as now asked for)
     resume_path = find_resume(resume, checkpoints)
 
     # 1. data and model
