@@ -576,7 +576,8 @@ def train_fold(ctx: Context, plan: FoldPlan, resume: str, progress: bool) -> dic
     batches_per_epoch = math.ceil(len(train_set) / info.world_size / cfg.data.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.optim.accumulate)
     total_steps = cfg.train.epochs * steps_per_epoch
-    logger = MetricsLogger(run_dir, enabled=info.is_main, start_step=state.step, total_steps=total_steps, progress=progress)
+    logger = MetricsLogger(run_dir, enabled=info.is_main, start_step=state.step, total_steps=total_steps, progress=progress,
+                           desc=f"finetune {plan.name}".strip())
     weights = balanced_weights(plan.train) if cfg.data.balanced_sampling else None
     try:
         if resume_path is not None:
