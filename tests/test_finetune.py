@@ -168,9 +168,19 @@ def test_weight_average_is_the_mean_of_epoch_weights(single_run: Path) -> None:
     assert results["weight_average"]["epochs"] == [1, 2] and "test" in results["weight_average"]
 
 
-def test_multilabel_run_with_augmentation(multi_label: Path, tmp_path: Path) -> None:
-    results = run(multi_label, tmp_path / "run", "train.epochs=1", "augment.freqm=8", "augment.timem=16",
+def test_multilabel_run_with_augmentation_skips_bad_clips(multi_label: Path, tmp_path: Path) -> None:
+    import soundfile
+
+    (multi_label.parent / "broken.wav").write_bytes(b"not audio")
+    soundfile.write(multi_label.parent / "silent.wav", np.zeros(8000), 16000)
+    with multi_label.open() as handle:
+        rows = list(csv.DictReader(handle))
+    rows += [{"path": "broken.wav", "label": "tone;odd", "split": "train"}, {"path": "silent.wav", "label": "chirp;even", "split": "valid"}]
+    manifest = write_manifest(tmp_path / "with_bad.csv", [{**r, "path": str(multi_label.parent / r["path"])} for r in rows])
+    results = run(manifest, tmp_path / "run", "train.epochs=1", "augment.freqm=8", "augment.timem=16",
                   "augment.mixup=0.5", "augment.noise=true", "data.balanced_sampling=true", "optim.head_lr=3")
+    assert results["skipped_clips"] == {"train": 1, "valid": 1, "test": 0}  # skipped and counted, never relabelled
+    assert results["valid"]["clips"] == results["clips"]["valid"] - 1
     assert results["multilabel"] and len(results["classes"]) == len(CLIP_KINDS) + 2
     assert results["selection"]["metric"] == "mAP" and 0.0 <= results["test"]["mAP"] <= 1.0
     assert ssamba.load_classifier(tmp_path / "run" / "model").activation == "sigmoid"
@@ -269,6 +279,10 @@ def test_dry_run_prints_config_and_plan(single_label: Path, capsys: pytest.Captu
     assert cli_main(["finetune", "--config", str(BASE), *TINY, f"data.manifest={single_label}", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "pretrained: none" in out and "# run: train 12, valid 4, test 8 clips" in out
+    for command in ("finetune", "predict"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main([command, "--help"])
+        assert exit_info.value.code == 0 and "examples:" in capsys.readouterr().out
 
 
 def test_config_errors_name_the_key(single_label: Path) -> None:

@@ -689,7 +689,9 @@ def train_epoch(
             state.batches_in_epoch += 1  # some process's batch held no usable clip: every process skips it
             if batch is None:
                 state.skipped["train"] = state.skipped.get("train", 0) + cfg.data.batch_size
-        if micro and (micro == cfg.optim.accumulate or last):
+        # an epoch's last, partial accumulation is applied (DeepSpeed counts micro-batches itself: there
+        # it is completed by the next epoch's first micro-batches)
+        if micro and (micro == cfg.optim.accumulate or (last and engine.name == "ddp")):
             micro = 0
             result = engine.step()
             if not result.applied:
