@@ -198,7 +198,10 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         order = order.tolist()
         if pad and size % world_size:
             order += order[: world_size - size % world_size]
-        self.indices = order[rank::world_size][start:]
+        mine = order[rank::world_size]
+        self.epoch_size = len(mine)
+        """This process's indices in the whole epoch (``start`` not counted off)."""
+        self.indices = mine[start:]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
@@ -649,6 +652,9 @@ def train_epoch(
         shuffle=True, weights=weights, start=state.batches_in_epoch * cfg.data.batch_size,
     )
     loader = make_loader(train_set, sampler, cfg.data.batch_size, cfg.data.num_workers)
+    epoch_batches = math.ceil(sampler.epoch_size / cfg.data.batch_size)
+    if engine.name == "deepspeed":  # DeepSpeed steps after every `accumulate` micro-batches: drop a partial rest
+        epoch_batches -= epoch_batches % cfg.optim.accumulate
     model.train()
     if cfg.model.freeze_encoder:
         model.encoder.eval()
@@ -660,7 +666,8 @@ def train_epoch(
     batches = iter(loader)
     wait_start = time.perf_counter()
     while True:
-        batch = next(batches, END_OF_EPOCH)  # None: collate dropped every clip of the batch as unusable
+        # None: collate dropped every clip of the batch as unusable
+        batch = next(batches, END_OF_EPOCH) if state.batches_in_epoch < epoch_batches else END_OF_EPOCH
         last = batch is END_OF_EPOCH
         usable = all_reduce(torch.tensor([float(not last and batch is not None)]), op=torch.distributed.ReduceOp.MIN)
         if usable.item():
@@ -689,9 +696,7 @@ def train_epoch(
             state.batches_in_epoch += 1  # some process's batch held no usable clip: every process skips it
             if batch is None:
                 state.skipped["train"] = state.skipped.get("train", 0) + cfg.data.batch_size
-        # an epoch's last, partial accumulation is applied (DeepSpeed counts micro-batches itself: there
-        # it is completed by the next epoch's first micro-batches)
-        if micro and (micro == cfg.optim.accumulate or (last and engine.name == "ddp")):
+        if micro and (micro == cfg.optim.accumulate or last):
             micro = 0
             result = engine.step()
             if not result.applied:
