@@ -161,6 +161,49 @@ def results_table(recipe: RecipeInfo, results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def macro_accuracy(true: list[str], predicted: list[str]) -> float:
+    """Mean over the classes present in ``true`` of the share of their clips predicted right (DCASE's metric)."""
+    classes = sorted(set(true))
+    per_class = [sum(p == c for t, p in zip(true, predicted) if t == c) / sum(t == c for t in true) for c in classes]
+    return sum(per_class) / len(per_class)
+
+
+def device_table(devices: list[str], true: list[str], predicted: list[str]) -> str:
+    """DCASE's table: macro class accuracy overall and per recording device (real a-c, simulated s1-s6)."""
+    names = sorted(set(devices), key=lambda d: (d[0] == "s", d))
+    cells = {"all": macro_accuracy(true, predicted)}
+    for device in names:
+        pick = [i for i, d in enumerate(devices) if d == device]
+        cells[device] = macro_accuracy([true[i] for i in pick], [predicted[i] for i in pick])
+    header = "".join(f"{name:>8}" for name in cells)
+    return "macro class accuracy (%) by device\n" + header + "\n" + "".join(f"{100 * v:>8.2f}" for v in cells.values())
+
+
+def dcase_device_report(model_dir: Path, manifest: Path) -> str:
+    """Score the selected classifier (``RUN/model``) on the manifest's test clips, clip by clip."""
+    import torch
+
+    from ssamba.data.labelled import read_labelled
+    from ssamba.interop.classifier import load_classifier
+    from ssamba.interop.predict import predict_file
+
+    model = load_classifier(model_dir)
+    test = read_labelled(manifest).subset(split="test")
+    devices, true, predicted, skipped = [], [], [], 0
+    for clip in test.clips:
+        try:
+            scores = predict_file(model, clip.path, torch.device("cpu")).scores
+        except ValueError:
+            skipped += 1
+            continue
+        devices.append(clip.path.stem.rsplit("-", 1)[-1])
+        true.append(clip.labels[0])
+        predicted.append(model.classes[int(scores.argmax())])
+    if not true:
+        raise RecipeError(f"{manifest}: no readable test clip to score")
+    return device_table(devices, true, predicted) + (f"\n({skipped} unreadable test clips skipped)" if skipped else "")
+
+
 def build_parser(recipe: RecipeInfo | None = None) -> argparse.ArgumentParser:
     name = recipe.name if recipe else "<dataset>"
     parser = argparse.ArgumentParser(
@@ -220,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print()
     print(results_table(recipe, json.loads(results_path.read_text(encoding="utf-8"))))
+    if recipe.name == "dcase2025_task1":
+        print(dcase_device_report(run_dir / "model", manifest))
     print(f"\nresults: {results_path}")
     return 0
 
