@@ -175,20 +175,22 @@ def make_vggsound(root: Path) -> Path:
 
 
 def make_epic_sounds(root: Path) -> Path:
-    """Annotation CSVs (train/validation) and two 24 kHz per-video WAVs with segments inside."""
+    """Annotation CSVs (train: two videos, validation: one) and 24 kHz per-video WAVs with segments inside."""
     top = root / "epic_sounds"
     header = ["annotation_id", "participant_id", "video_id", "start_timestamp", "stop_timestamp", "start_sample",
               "stop_sample", "description", "class", "class_id"]
     classes = (("rustle", 4), ("ceramic / wood collision", 34))
-    for name, video in (("EPIC_Sounds_train.csv", "P01_11"), ("EPIC_Sounds_validation.csv", "P02_03")):
+    for name, videos in (("EPIC_Sounds_train.csv", ("P01_11", "P01_12")), ("EPIC_Sounds_validation.csv", ("P02_03",))):
         rows = []
         for k in range(6):
+            video = videos[k * len(videos) // 6]
             start, stop = 0.5 * k + 0.1, 0.5 * k + 0.5
             cls, cid = classes[k % 2]
             rows.append([f"{video}_{k}", video[:3], video, f"00:00:{start:06.3f}", f"00:00:{stop:06.3f}",
                          int(start * 24000), int(stop * 24000), "paper rustle", cls, cid])
         _write_csv(top / "epic-sounds-annotations" / name, header, rows)
-        tone(top / "audio" / f"{video}.wav", video, 3.5, 24000)
+        for video in videos:
+            tone(top / "audio" / f"{video}.wav", video, 3.5, 24000)
     return top
 
 

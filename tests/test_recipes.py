@@ -253,7 +253,7 @@ def test_epic_sounds_prepare_segments_of_long_files(tmp_path):
     out = tmp_path / "epic"
     rows = prepare("epic_sounds", source, out)
     assert list(rows[0]) == ["path", "label", "split", "group", "start", "end"]
-    assert len(rows) == 12 and {r["path"] for r in rows} == {"audio/P01_11.flac", "audio/P02_03.flac"}
+    assert len(rows) == 12 and {r["path"] for r in rows} == {"audio/P01_11.flac", "audio/P01_12.flac", "audio/P02_03.flac"}
     second = rows[1]
     assert (second["label"], second["start"], second["end"]) == ("ceramic / wood collision", "0.600", "1.000")
     assert {r["split"] for r in rows if r["group"] == "P02_03"} == {"test"}
@@ -313,3 +313,31 @@ def test_dcase2025_launcher_two_steps_and_device_table(tmp_path):
                         "data.num_workers=0", "schedule.warmup_steps=1")
     assert "macro class accuracy (%) by device" in result.stdout
     assert re.search(r"all\s+a\s+b\s+s4", result.stdout)
+
+
+LAUNCH_CASES = {  # dataset: (fake tree, batch size giving two training steps, extra overrides)
+    "speechcommands_v2": (trees.make_speechcommands, 6, []),
+    "speechcommands_v1": (trees.make_speechcommands, 6, []),
+    "audioset_20k": (trees.make_audioset, 2, ["features.target_length=128", "train.weight_average=null"]),
+    "voxceleb1": (trees.make_voxceleb1, 5, ["features.target_length=128"]),
+    "iemocap": (trees.make_iemocap, 18, ["features.target_length=128", "optim.accumulate=1"]),
+    "vggsound": (trees.make_vggsound, 2, ["features.target_length=128"]),
+    "epic_sounds": (trees.make_epic_sounds, 2, ["features.target_length=128", "schedule.warmup_steps=1"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(LAUNCH_CASES))
+def test_launcher_two_steps(tmp_path, name):
+    make, batch, extra = LAUNCH_CASES[name]
+    data = tmp_path / name
+    prepare(name, make(tmp_path / "download"), data)
+    fold = ["--fold", "1"] if RECIPES[name].folds else []
+    result = run_script(f"shell/finetune_{name}.sh", "--pretrained", tiny_export(tmp_path / "encoder"), "--data", data,
+                        "--exp-dir", tmp_path / "exp", *fold, "features.num_mel_bins=32", "train.epochs=1",
+                        f"data.batch_size={batch}", "data.num_workers=0", "train.log_every=1", *extra)
+    run = tmp_path / "exp" / ("fold-1" if fold else "")
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in steps) == 2
+    assert json.loads((run / "results.json").read_text())["test"]["accuracy"] is not None
+    assert RECIPES[name].title in result.stdout
