@@ -204,12 +204,11 @@ def dcase_device_report(model_dir: Path, manifest: Path) -> str:
     return device_table(devices, true, predicted) + (f"\n({skipped} unreadable test clips skipped)" if skipped else "")
 
 
-def build_parser(recipe: RecipeInfo | None = None) -> argparse.ArgumentParser:
-    name = recipe.name if recipe else "<dataset>"
+def build_parser(recipe: RecipeInfo) -> argparse.ArgumentParser:
+    name = recipe.name
     parser = argparse.ArgumentParser(
         prog=f"shell/finetune_{name}.sh",
-        description=(f"{recipe.title}: {recipe.protocol}.\nConfig: configs/finetune/{name}.yaml; data from "
-                     f"finetune/{name}/prepare.sh." if recipe else __doc__.split("\n", 1)[0]),
+        description=f"{recipe.title}: {recipe.protocol}.\nConfig: configs/finetune/{name}.yaml; data from finetune/{name}/prepare.sh.",
         epilog=(f"examples:\n  shell/finetune_{name}.sh --pretrained exported/ssamba-tiny --data data/{name}\n"
                 f"  shell/finetune_{name}.sh --pretrained amba_base_400.pth --nproc-per-node 4 optim.lr=5e-5\n"
                 f"  shell/finetune_{name}.sh --pretrained none --model-size tiny      # random-init control"),
@@ -232,8 +231,10 @@ def build_parser(recipe: RecipeInfo | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in RECIPES:
-        print(f"usage: python -m ssamba.recipes {{{','.join(RECIPES)}}} --pretrained PATH [options]", file=sys.stderr)
-        return 2
+        asked = bool(argv) and argv[0] in ("-h", "--help")
+        print(f"usage: python -m ssamba.recipes {{{','.join(RECIPES)}}} --pretrained PATH [options]\n\n{__doc__}",
+              file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     recipe = RECIPES[argv[0]]
     args = build_parser(recipe).parse_args(argv[1:])
     args.data = args.data or Path("data") / recipe.name
