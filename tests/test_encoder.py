@@ -288,3 +288,14 @@ def test_input_shape_errors():
         enc(torch.randn(1, 100, 128))
     with pytest.raises(ValueError, match=r"\(batch, frames, mel_bins\)"):
         enc(torch.randn(64, 128))
+
+
+def test_non_finite_input_is_refused():
+    enc = _small().eval()
+    fbank = torch.randn(2, 64, 128)
+    fbank[1, 10, 5] = float("nan")
+    with pytest.raises(ValueError, match="fbank input contains NaN or infinite values"):
+        enc(fbank)
+    fbank[1, 10, 5] = float("inf")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        enc.embed(fbank)
