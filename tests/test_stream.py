@@ -307,6 +307,18 @@ def test_a_damaged_member_header_costs_one_counted_sample(tmp_path: Path, member
     assert sum(s["__lost__"] for s in iter_tar_samples(str(shard)) if is_damage(s)) == 1
 
 
+def test_samples_lost_to_damage_reach_the_training_metrics(tmp_path: Path) -> None:
+    shards = _make_shards(tmp_path / "c", 8, seed=4)
+    shard = shards / "shard-000001.tar"
+    _corrupt_member_header(shard, 4, shard.with_suffix(".bad"))
+    shard.with_suffix(".bad").replace(shard)
+    overrides = [*TINY_PRETRAIN, f"data.train_shards={shards}", f"run.dir={tmp_path / 'run'}", "train.max_steps=2", "train.log_every=1"]
+    pretrain(load_config(REPO / "configs/pretrain/base.yaml", overrides), progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r["data_skipped"] for r in records if r.get("split") == "train"]
+    assert len(skipped) == 2 and skipped[-1] == 1  # counted once the damaged shard has been read
+
+
 def test_shortfall_against_the_index_is_counted(tmp_path: Path) -> None:
     shards = _make_shards(tmp_path / "c", 8, seed=4)
     index = json.loads((shards / "index.json").read_text())
