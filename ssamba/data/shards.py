@@ -302,7 +302,10 @@ def write_shards(
     overwrite: bool = False,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
 ) -> dict[str, object]:
-    """Encode ``records`` into shards under ``out_dir``; returns the index (also saved as index.json)."""
+    """Encode ``records`` into shards under ``out_dir``; returns the index (also saved as index.json).
+
+    Raises :class:`~ssamba.data.parallel.WorkerDiedError` if a worker process dies; the finished
+    shards are kept and the same call resumes after them."""
     out_dir = Path(out_dir)
     records = unique_keys(records)
     fingerprint = _fingerprint(records, options)
