@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -63,3 +66,19 @@ def write_labelled_clips(root: Path, per_class: int = 8, seconds: float = 1.0, s
             soundfile.write(path, wave.astype(np.float32), rate, subtype="PCM_16")
             rows.append((path.relative_to(root).as_posix(), label))
     return rows
+
+
+@contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Fail with TimeoutError instead of hanging: SIGALRM interrupts a blocked wait in the main thread."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s (would hang)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import soundfile
 import torch
 
 import ssamba
+from conftest import deadline
 from ssamba.audio.augment import AugmentConfig, add_noise_and_roll, mixup_batch, mixup_waveforms, spec_augment
 from ssamba.audio.io import AudioDecodeError, decode_bytes, decode_file, encode_flac, load_audio
 
@@ -71,6 +74,33 @@ def test_corrupt_and_missing_files_name_the_file(tmp_path: Path) -> None:
         load_audio(tmp_path / "nothere.flac")
     with pytest.raises(AudioDecodeError, match=r"clip\.flac: cannot decode 5 bytes"):
         decode_bytes(b"hello", 16000, "clip.flac")
+
+
+def test_implausible_files_and_samples_are_refused_with_a_reason(tmp_path: Path) -> None:
+    wave = 0.4 * np.sin(np.linspace(0, 3000, 16000)).astype(np.float32)
+    cases = {
+        "four_hz.wav": (wave, 4, "PCM_16", "bad_sample_rate", "implausible sample rate 4 Hz in the header (accepted: 1000..768000 Hz)"),
+        "nan.wav": (np.where(np.arange(16000) == 9, np.nan, wave).astype(np.float32), 16000, "FLOAT", "non_finite", "1 of 16000 samples are NaN or infinite"),
+        "unscaled.wav": (wave * 32767, 16000, "FLOAT", "too_loud", "peak amplitude 1.311e+04 is above 2; float audio must be scaled to [-1, 1]"),
+    }
+    for name, (data, rate, subtype, reason, message) in cases.items():
+        soundfile.write(tmp_path / name, data, rate, subtype=subtype)
+        for read in (load_audio, decode_file, lambda p: decode_bytes(p.read_bytes(), 16000, str(p))):
+            with pytest.raises(AudioDecodeError, match=re.escape(f"{tmp_path / name}: {message}")) as info:
+                read(tmp_path / name)
+            assert info.value.reason == reason
+    soundfile.write(tmp_path / "hot.wav", wave * 4, 16000, subtype="FLOAT")  # peak 1.6: allowed, not rescaled
+    assert abs(float(load_audio(tmp_path / "hot.wav").abs().max()) - 1.6) < 1e-3
+
+
+def test_special_files_are_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.wav")  # soundfile would wait forever for a writer
+    (tmp_path / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    with deadline(30), pytest.raises(AudioDecodeError, match=r"pipe\.wav: not a regular file"):
+        load_audio(tmp_path / "pipe.wav")
+    with pytest.raises(AudioDecodeError, match=r"gone\.wav: dangling symlink") as info:
+        load_audio(tmp_path / "gone.wav")
+    assert info.value.reason == "missing"
 
 
 def _write_m4a(path: Path, rate: int = 44100, seconds: float = 1.0) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile
@@ -12,7 +15,7 @@ from conftest import TINY_DIM, TINY_MEL_BINS, tiny_export
 from ssamba.audio.fbank import FeatureConfig
 from ssamba.audio.io import load_audio
 from ssamba.cli import main as cli_main
-from ssamba.interop.embed import load_windowed_encoder
+from ssamba.interop.embed import EmbedFailedError, embed_files, find_audio_files, load_windowed_encoder
 
 MEL, DIM = TINY_MEL_BINS, TINY_DIM
 WINDOW_SECONDS = 1.0  # 100 frames: 2 x 6 patches per window
@@ -110,7 +113,7 @@ def test_embed_cli_npz_and_default_window(tmp_path, corpus):
 def test_embed_errors_name_the_input(tmp_path, corpus):
     export = tiny_export(tmp_path)
     soundfile.write(tmp_path / "blip.wav", np.zeros(100, np.float32), 16000)
-    with pytest.raises(ValueError, match=r"blip.wav: 100 samples is shorter than one 25 ms analysis frame"):
+    with pytest.raises(EmbedFailedError, match=r"none of the inputs could be embedded; first: .*blip.wav: 100 samples is shorter than one 25 ms analysis frame"):
         cli_main(["embed", str(tmp_path / "blip.wav"), "--checkpoint", str(export), "--out", str(tmp_path / "o")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="empty: no audio files"):
@@ -120,3 +123,38 @@ def test_embed_errors_name_the_input(tmp_path, corpus):
     _write_audio(other / "short.wav", 0.3, 16000)
     with pytest.raises(ValueError, match="same output name 'short'"):
         cli_main(["embed", str(corpus / "short.wav"), str(other / "short.wav"), "--checkpoint", str(export), "--out", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("fmt", ["npy", "npz"])
+def test_bad_files_are_skipped_counted_and_listed(tmp_path, corpus, capsys, fmt):
+    """Before: one undecodable file aborted the run with nothing written; NaN audio gave NaN embeddings with rc 0."""
+    export = tiny_export(tmp_path)
+    (corpus / "broken.wav").write_bytes(b"RIFF" + bytes(range(256)) * 4)
+    soundfile.write(corpus / "nan.wav", np.where(np.arange(8000) == 5, np.nan, 0.1).astype(np.float32), 16000, subtype="FLOAT")
+    soundfile.write(corpus / "four_hz.wav", np.zeros(8000, np.float32), 4)
+    (corpus / "gone.wav").symlink_to(corpus / "nowhere.wav")
+    out = tmp_path / "emb"
+    argv = ["embed", str(corpus), "--checkpoint", str(export), "--out", str(out), "--window-seconds", str(WINDOW_SECONDS), "--format", fmt]
+    assert cli_main(argv) == 0
+    assert "embedded 2 file(s)" in capsys.readouterr().out
+    rejects = {r["path"]: r for r in map(json.loads, (out / "rejects.jsonl").read_text().splitlines())}
+    assert {Path(path).name: r["reason"] for path, r in rejects.items()} == {
+        "broken.wav": "unreadable", "four_hz.wav": "bad_sample_rate", "gone.wav": "missing", "nan.wav": "non_finite",
+    }
+    if fmt == "npy":
+        assert sorted(p.name for p in out.rglob("*.npy") if not p.name.endswith((".frames.npy", ".times.npy"))) == ["long.npy", "short.npy"]
+        assert np.isfinite(np.load(out / "short.npy")).all()
+    else:
+        assert np.load(out / "embeddings.npz")["names"].tolist() == ["short", "sub/long"]
+    with pytest.raises(EmbedFailedError, match=r"4 of 6 inputs could not be embedded \(--strict\)"):
+        cli_main([*argv, "--strict"])
+
+
+def test_non_finite_embeddings_are_rejected(tmp_path, corpus):
+    export = tiny_export(tmp_path)
+    model = load_windowed_encoder(export, window_seconds=WINDOW_SECONDS)
+    with torch.no_grad():
+        model.encoder.norm_f.weight.fill_(float("nan"))  # e.g. a diverged checkpoint
+    rejects = []
+    assert list(embed_files(model, find_audio_files([corpus]), 4, rejects)) == []
+    assert [r.reason for r in rejects] == ["non_finite_output", "non_finite_output"]

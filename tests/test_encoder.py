@@ -309,3 +309,14 @@ def test_loaded_encoder_computes_the_features_its_checkpoint_expects(tmp_path):
     assert encoder.embed(encoder.features(wave)[None]).shape == (1, 32)
     with pytest.raises(ValueError, match="feature_config gives 1024 frames x 128 mel bins, the encoder expects 48 x 32"):
         AudioMambaEncoder(config, FeatureConfig())
+
+
+def test_non_finite_input_is_refused():
+    enc = _small().eval()
+    fbank = torch.randn(2, 64, 128)
+    fbank[1, 10, 5] = float("nan")
+    with pytest.raises(ValueError, match="fbank input contains NaN or infinite values"):
+        enc(fbank)
+    fbank[1, 10, 5] = float("inf")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        enc.embed(fbank)

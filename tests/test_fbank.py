@@ -131,8 +131,15 @@ def test_shorter_than_one_window_gives_zero_frames() -> None:
 
 
 def test_bad_inputs_raise_clear_errors() -> None:
-    with pytest.raises(TypeError, match="float tensor"):
+    with pytest.raises(TypeError, match=r"float tensor scaled to \[-1, 1\], got torch.int16 \(divide int16 PCM by 32768"):
         fbank(torch.zeros(1000, dtype=torch.int16), 16000)
+    with pytest.raises(ValueError, match=r"read as \(batch, samples\): rows of 2 samples are shorter than one 400-sample window"):
+        fbank(torch.zeros(16000, 2), 16000)  # (samples, channels): used to give an empty result
+    assert fbank(torch.zeros(2, 16000), 16000).shape == (2, 98, 23)  # channels first is the rule
+    wave = torch.zeros(1000)
+    wave[7] = float("nan")
+    with pytest.raises(ValueError, match="waveform has 1 NaN or infinite samples of 1000"):
+        fbank(wave, 16000)
     with pytest.raises(ValueError, match=r"\(samples,\) or \(batch, samples\)"):
         fbank(torch.zeros(1, 1, 1000), 16000)
     with pytest.raises(ValueError, match="window_type must be one of"):
@@ -296,6 +303,20 @@ def test_pad_or_crop() -> None:
     assert offsets == set(range(7))
     with pytest.raises(ValueError, match="crop must be 'start' or 'random'"):
         pad_or_crop(x, 4, "middle")
+
+
+def test_feature_config_refuses_what_fbank_refuses() -> None:
+    config = FeatureConfig(target_length=64)
+    pcm = (torch.sin(torch.arange(16000) * 0.05) * 12000).to(torch.int16)
+    with pytest.raises(TypeError, match="got torch.int16 \\(divide int16 PCM by 32768"):
+        config.features(pcm)  # used to run on the unscaled values
+    torch.testing.assert_close(config.features(pcm.float() / 32768), config.features(pcm.double() / 32768), rtol=0, atol=1e-5)
+    wave = torch.zeros(16000)
+    wave[-1] = float("inf")  # past the kept frames: still refused
+    with pytest.raises(ValueError, match="NaN or infinite samples"):
+        config.features(wave)
+    with pytest.raises(ValueError, match="NaN or infinite samples"):
+        config.raw_fbank(wave)
 
 
 def test_feature_config_pretraining_input() -> None:

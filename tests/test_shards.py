@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,11 @@ import torch
 from ssamba import cli
 from ssamba.audio.fbank import FeatureConfig
 from ssamba.audio.io import load_audio
+from conftest import deadline
+from ssamba.data import shards
+from ssamba.data.parallel import WorkerDiedError
 from ssamba.data.shards import ShardOptions, parse_size, write_shards
-from ssamba.data.sources import AudioRecord, ast_json, audioset, folder, librispeech, manifest
+from ssamba.data.sources import AudioRecord, key_hash, ast_json, audioset, folder, librispeech, manifest
 from ssamba.data.stats import compute_stats
 from ssamba.data.stream import iter_tar_samples
 from ssamba.data.synthetic import CLIP_KINDS, write_demo_corpus
@@ -251,10 +256,83 @@ def test_rerun_skips_finished_shards_and_redoes_missing_ones(corpus: Path, tmp_p
     assert sorted(p.name for p in out.glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar"]
 
 
-def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
-    records = [AudioRecord("k", "a.wav", "x", "a.wav"), AudioRecord("k", "b.wav", "x", "b.wav")]
-    with pytest.raises(ValueError, match="two inputs map to the sample key 'k': a.wav and b.wav"):
-        write_shards(records, tmp_path, **QUIET)
+def test_any_file_name_gets_a_unique_stable_key_and_every_input_is_accounted_for(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    names = ["a b.wav", "a_b.wav", "\u00e9.wav", "\u00fc.wav", "dog/001.wav", "dog_001.wav", "x" * 120 + ".wav"]
+    for name in names:
+        _tone(src / name, 0.5)
+    _tone(src / "later.wav", 0.5)
+    os.rename(src / "later.wav", os.path.join(os.fsencode(src), b"\xff\xfe.wav"))  # not valid UTF-8
+    (src / "gone.wav").symlink_to(src / "nowhere.wav")
+    os.mkfifo(src / "pipe.wav")  # opening it for reading would block forever
+    records = folder.scan(src)
+    assert [r.key for r in records] == [r.key for r in folder.scan(src)]  # stable
+    with deadline(120):
+        index = write_shards(records, tmp_path / "out", **QUIET)
+
+    rejects = {r["path"]: r for r in map(json.loads, (tmp_path / "out" / "rejects.jsonl").read_text(encoding="utf-8").splitlines())}
+    assert {path: (r["reason"], r["detail"]) for path, r in rejects.items()} == {
+        "gone.wav": ("missing", "dangling symlink"), "pipe.wav": ("unreadable", "not a regular file (a FIFO, socket or device)"),
+    }
+    assert index["count"] == 8 and index["count"] + index["rejects"]["count"] == len(names) + 3
+    samples = _read_shards(tmp_path / "out")
+    paths = {json.loads(sample["json"])["path"]: key for key, sample in samples.items()}
+    assert sorted(paths) == sorted([*names, "\\xff\\xfe.wav"])
+    assert paths["a_b.wav"] == "a_b_wav"  # plain names keep their key
+    assert paths["a b.wav"].startswith("a_b_wav-") and paths["\u00e9.wav"] != paths["\u00fc.wav"]
+    assert paths["dog/001.wav"] != paths["dog_001.wav"] and paths["dog_001.wav"].startswith("dog_001_wav-")
+    assert all(len(key) <= 80 for key in samples)
+
+
+def test_colliding_keys_are_made_unique_and_repeated_files_rejected(tmp_path: Path) -> None:
+    _tone(tmp_path / "a.wav", 0.5)
+    _tone(tmp_path / "b.wav", 0.5, freq=300.0)
+    records = [AudioRecord("k", str(tmp_path / p), "x", p) for p in ("a.wav", "b.wav", "a.wav")]
+    index = write_shards(records, tmp_path / "out", **QUIET)
+    assert index["count"] == 2 and sorted(_read_shards(tmp_path / "out")) == sorted(f"k-{key_hash(p)}" for p in ("a.wav", "b.wav"))
+    (reject,) = map(json.loads, (tmp_path / "out" / "rejects.jsonl").read_text().splitlines())
+    assert reject["reason"] == "duplicate" and reject["detail"] == "the same file as input 0 (a.wav)"
+
+
+def test_sample_rate_and_amplitude_rules(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    wave = 0.4 * np.sin(np.linspace(0, 2000, 16000)).astype(np.float32)
+    soundfile.write(src / "four_hz.wav", wave, 4)  # a damaged header: 16000 samples at 4 Hz = 1.1 h
+    soundfile.write(src / "unscaled.wav", wave * 32767, 16000, subtype="FLOAT")
+    soundfile.write(src / "hot.wav", wave * 3.5, 16000, subtype="FLOAT")  # peak 1.4: clipped, counted
+    soundfile.write(src / "fine.wav", wave, 16000, subtype="FLOAT")
+    index = write_shards(folder.scan(src), tmp_path / "out", **QUIET)
+    rejects = {r["path"]: r for r in map(json.loads, (tmp_path / "out" / "rejects.jsonl").read_text().splitlines())}
+    assert {path: r["reason"] for path, r in rejects.items()} == {"four_hz.wav": "bad_sample_rate", "unscaled.wav": "too_loud"}
+    assert rejects["four_hz.wav"]["detail"] == "implausible sample rate 4 Hz in the header (accepted: 1000..768000 Hz)"
+    assert rejects["unscaled.wav"]["detail"].startswith("peak amplitude 1.311e+04 is above 2;")
+    assert index["count"] == 2 and index["clipped"] == 1
+    samples = _read_shards(tmp_path / "out")
+    assert json.loads(samples["hot_wav"]["json"])["clipped"] is True and "clipped" not in json.loads(samples["fine_wav"]["json"])
+
+
+def test_killed_worker_stops_the_writer_and_a_rerun_resumes(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    records = folder.scan(corpus)
+    options = ShardOptions(max_count=4)
+    parent = os.getpid()
+    original = shards.encode_record
+
+    def killed_at_input_9(index: int, record: AudioRecord, opts: ShardOptions) -> object:
+        if index == 9 and os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
+        return original(index, record, opts)
+
+    monkeypatch.setattr(shards, "encode_record", killed_at_input_9)  # forked workers inherit it
+    with deadline(120), pytest.raises(WorkerDiedError, match="worker processes for decoding audio died abruptly.*2 shards finished so far are kept: rerun"):
+        write_shards(records, tmp_path / "out", options, workers=2, **QUIET)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tar*")) == ["shard-000000.tar", "shard-000001.tar"]
+    monkeypatch.setattr(shards, "encode_record", original)
+    messages: list[str] = []
+    index = write_shards(records, tmp_path / "out", options, workers=2, log=messages.append)
+    assert messages[0] == "resuming at input 8 of 12 (2 shards done)" and index["count"] == 12
+    fresh = write_shards(records, tmp_path / "fresh", options, **QUIET)
+    assert index == fresh
 
 
 def test_precomputed_fbank_shards(corpus: Path, tmp_path: Path) -> None:

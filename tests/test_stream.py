@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tarfile
 from collections import Counter
@@ -13,12 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import deadline
 from ssamba.audio.augment import AugmentConfig
 from ssamba.audio.fbank import FeatureConfig
 from ssamba.audio.io import load_audio
 from ssamba.data.shards import ShardOptions, write_shards
 from ssamba.data.sources import folder
-from ssamba.data.stream import LoaderConfigError, expand_shards, iter_tar_samples, make_loader
+from ssamba.data.stats import compute_stats
+from ssamba.data.stream import LoaderConfigError, NoReadableSamplesError, expand_shards, is_damage, iter_tar_samples, make_loader
+from ssamba.train.config import load_config
+from ssamba.train.pretrain import pretrain
 from ssamba.data.synthetic import CLIP_KINDS, write_demo_corpus
 
 FEATURES = FeatureConfig(target_length=64)
@@ -228,3 +233,98 @@ def test_ddp_ranks_on_uneven_shards_never_hang(shards_a: Path, tmp_path: Path) -
     torch.multiprocessing.spawn(_ddp_worker, args=(shard_list, port, str(tmp_path)), nprocs=2, join=True)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert results == [{"steps": 5, "epoch": 1}] * 2
+
+
+# --- shards that give nothing, and damaged shards ---
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_PRETRAIN = [
+    "model.preset=ssamba-tiny", "model.embed_dim=32", "model.depth=2", "features.target_length=64", "objective.mask_patch=8",
+    "objective.eval_mask_patch=8", "data.batch_size=2", "data.num_workers=0", "train.eval_every=0", "schedule.name=constant",
+]
+
+
+def _unreadable_shards(folder_path: Path) -> Path:
+    folder_path.mkdir()
+    (folder_path / "zero-bytes.tar").write_bytes(b"")
+    _tar_with(folder_path / "empty.tar", [])
+    (folder_path / "not-a-tar.tar").write_bytes(b"<html>404</html>" * 64)
+    return folder_path
+
+
+def _undecodable_shards(folder_path: Path) -> Path:
+    folder_path.mkdir()
+    _tar_with(folder_path / "bad.tar", [(f"clip{i}.{ext}", b"not audio" if ext == "flac" else b"{}") for i in range(4) for ext in ("flac", "json")])
+    return folder_path
+
+
+@pytest.mark.parametrize("epochs", ["null", "1"])
+def test_training_on_shards_without_samples_fails_clearly(tmp_path: Path, epochs: str, caplog: pytest.LogCaptureFixture) -> None:
+    """No index.json, so no epoch length: before, epochs=null spun forever and epochs=1 'finished' at step 0."""
+    unreadable, undecodable = _unreadable_shards(tmp_path / "unreadable"), _undecodable_shards(tmp_path / "undecodable")
+    base = [*TINY_PRETRAIN, f"train.epochs={epochs}", "train.max_steps=5"]
+    with deadline(120), pytest.raises(NoReadableSamplesError, match=r"none of its 3 shards can be read .*zero-bytes.tar: not a readable tar \(empty file\)"):
+        pretrain(load_config(REPO / "configs/pretrain/base.yaml", [*base, f"data.train_shards={unreadable}", f"run.dir={tmp_path / 'a'}"]), progress=False)
+    with deadline(120), pytest.raises(NoReadableSamplesError, match=r"a whole pass over the shards of 'data' gave no batch of 2 \(4 samples skipped"):
+        pretrain(load_config(REPO / "configs/pretrain/base.yaml", [*base, f"data.train_shards={undecodable}", f"run.dir={tmp_path / 'b'}"]), progress=False)
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) <= 6  # no warning flood
+
+
+def test_some_unreadable_shards_are_skipped_with_one_warning(shards_a: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bad = _unreadable_shards(tmp_path / "bad")
+    with caplog.at_level(logging.WARNING):
+        loader = make_loader([*expand_shards(shards_a)[:2], *expand_shards(bad)], FEATURES, batch_size=4)
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["3 of the 5 shards of source 'data' cannot be read and will be skipped"]
+    assert sum(len(batch["keys"]) for batch in loader) == 8 and loader.skipped == 2  # 0-byte and non-tar (the empty tar loses nothing)
+
+
+def _corrupt_member_header(shard: Path, member_index: int, out: Path) -> str:
+    """Copy ``shard`` to ``out`` with the header of member ``member_index`` overwritten (bad checksum)."""
+    with tarfile.open(shard) as tar:
+        member = tar.getmembers()[member_index]
+    data = bytearray(shard.read_bytes())
+    data[member.offset + 100 : member.offset + 108] = b"garbage!"  # the mode field: checksum no longer matches
+    out.write_bytes(bytes(data))
+    return member.name
+
+
+@pytest.mark.parametrize("member_index", [2, 3, 7])  # a clip's flac header, a json header, the shard's last header
+def test_a_damaged_member_header_costs_one_counted_sample(tmp_path: Path, member_index: int) -> None:
+    shards = _make_shards(tmp_path / "c", 8, seed=4)  # 2 shards x 4 clips, index.json lists the counts
+    shard = shards / "shard-000000.tar"
+    lost = _corrupt_member_header(shard, member_index, shard.with_suffix(".bad"))
+    shard.with_suffix(".bad").replace(shard)  # same name: the index still lists 4 clips for it
+    samples = list(iter_tar_samples(str(shard)))
+    assert sum(not is_damage(s) for s in samples) == 3 and sum(s["__lost__"] for s in samples if is_damage(s)) == 1
+    assert lost.split(".")[0] not in {s["__key__"] for s in samples if not is_damage(s)}
+    loader = make_loader(shards, FEATURES, batch_size=1)
+    assert sum(len(batch["keys"]) for batch in loader) == 7 and loader.skipped == 1
+    stats = compute_stats(shards, FEATURES)
+    assert (stats["clips"], stats["skipped"]) == (7, 1)
+    # without an index the damage is found from the tar structure alone
+    (shards / "index.json").unlink()
+    assert sum(not is_damage(s) for s in iter_tar_samples(str(shard))) == 3
+    assert sum(s["__lost__"] for s in iter_tar_samples(str(shard)) if is_damage(s)) == 1
+
+
+def test_samples_lost_to_damage_reach_the_training_metrics(tmp_path: Path) -> None:
+    shards = _make_shards(tmp_path / "c", 8, seed=4)
+    shard = shards / "shard-000001.tar"
+    _corrupt_member_header(shard, 4, shard.with_suffix(".bad"))
+    shard.with_suffix(".bad").replace(shard)
+    overrides = [*TINY_PRETRAIN, f"data.train_shards={shards}", f"run.dir={tmp_path / 'run'}", "train.max_steps=2", "train.log_every=1"]
+    pretrain(load_config(REPO / "configs/pretrain/base.yaml", overrides), progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r["data_skipped"] for r in records if r.get("split") == "train"]
+    assert len(skipped) == 2 and skipped[-1] == 1  # counted once the damaged shard has been read
+
+
+def test_shortfall_against_the_index_is_counted(tmp_path: Path) -> None:
+    shards = _make_shards(tmp_path / "c", 8, seed=4)
+    index = json.loads((shards / "index.json").read_text())
+    index["shards"][0]["count"] = 6  # e.g. a shard cut at a member boundary and closed again
+    (shards / "index.json").write_text(json.dumps(index))
+    samples = list(iter_tar_samples(str(shards / "shard-000000.tar")))
+    assert [s["__damage__"].split(": ", 1)[1] for s in samples if is_damage(s)] == ["read 4 of the 6 samples its index.json lists; 2 lost"]
+    loader = make_loader(shards, FEATURES, batch_size=1)
+    assert sum(len(batch["keys"]) for batch in loader) == 8 and loader.skipped == 2

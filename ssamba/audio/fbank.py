@@ -203,11 +203,15 @@ def fbank(
     Returns:
         ``(frames, num_mel_bins [+1 with use_energy])`` for 1-D input, ``(batch, frames, ...)`` for
         2-D input; zero frames when the input is shorter than one window (or ``min_duration``).
+
+    Raises:
+        TypeError for integer input (scale PCM to [-1, 1] floats first); ValueError for NaN/Inf
+        samples, and for a 2-D input whose rows are shorter than one window while its first axis
+        is not (a ``(samples, channels)`` array: 2-D input is always channels/clips first).
     """
     if waveform.dim() not in (1, 2):
         raise ValueError(f"waveform must be (samples,) or (batch, samples), got shape {tuple(waveform.shape)}")
-    if not waveform.is_floating_point():
-        raise TypeError(f"waveform must be a float tensor, got {waveform.dtype}")
+    check_float_waveform(waveform)
     if window_type not in WINDOW_TYPES:
         raise ValueError(f"window_type must be one of {WINDOW_TYPES}, got {window_type!r}")
     single = waveform.dim() == 1
@@ -227,6 +231,12 @@ def fbank(
     if vtln_warp != 1.0 and not (low_freq < vtln_low < vtln_high_abs < high):
         raise ValueError(f"VTLN needs low_freq < vtln_low < vtln_high < high_freq, got {vtln_low}, {vtln_high_abs}")
 
+    if not single and wave.shape[-1] < window_size <= wave.shape[0]:
+        raise ValueError(
+            f"waveform of shape {tuple(waveform.shape)} is read as (batch, samples): rows of {wave.shape[-1]} samples are "
+            f"shorter than one {window_size}-sample window; for a (samples, channels) array pass waveform.T (one clip per "
+            "channel) or waveform.mean(-1) (mono)"
+        )
     out_dim = num_mel_bins + int(use_energy)
     too_short = wave.shape[-1] < min_duration * sample_rate
     frames = _frames(wave, window_size, window_shift, snip_edges)
@@ -272,6 +282,18 @@ def fbank(
     if subtract_mean:
         features = features - features.mean(dim=1, keepdim=True)
     return features[0] if single else features
+
+
+def check_float_waveform(waveform: torch.Tensor) -> None:
+    """Refuse integer dtypes (unscaled PCM) and NaN/Inf samples with a clear message."""
+    if not waveform.is_floating_point():
+        hint = " (divide int16 PCM by 32768: waveform.float() / 32768)" if waveform.dtype == torch.int16 else ""
+        raise TypeError(f"waveform must be a float tensor scaled to [-1, 1], got {waveform.dtype}{hint}")
+    if torch.isfinite(waveform.sum()):  # one cheap reduction; the exact count only when it fails
+        return
+    bad = int((~torch.isfinite(waveform)).sum())
+    if bad:
+        raise ValueError(f"waveform has {bad} NaN or infinite samples of {waveform.numel()}")
 
 
 def normalize(features: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -369,6 +391,7 @@ class FeatureConfig:
 
     def raw_fbank(self, waveform: torch.Tensor) -> torch.Tensor:
         """Mean-removed waveform -> un-normalised, uncropped log-mel ``(frames, bins)`` (or batched)."""
+        check_float_waveform(waveform)
         wave = waveform - waveform.mean(dim=-1, keepdim=True)
         return fbank(wave, self.sample_rate, **self.kaldi_options)
 
@@ -378,6 +401,7 @@ class FeatureConfig:
         Equivalent to computing fbank on the whole clip and then cropping (with ``snip_edges``),
         but much cheaper for long utterances. The mean is removed over the whole clip first.
         """
+        check_float_waveform(waveform)
         wave = waveform - waveform.mean()
         shift, size = self.frame_shift_samples, self.frame_length_samples
         if wave.shape[0] < size:
@@ -388,9 +412,12 @@ class FeatureConfig:
         return wave[offset * shift : offset * shift + needed]
 
     def features(self, waveform: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """1-D waveform -> normalised ``(target_length, num_mel_bins)`` model input (float32)."""
+        """1-D float waveform in [-1, 1] -> normalised ``(target_length, num_mel_bins)`` model input (float32).
+
+        Integer dtypes and NaN/Inf samples are refused, as by :func:`fbank`."""
         if waveform.dim() != 1:
             raise ValueError(f"FeatureConfig.features expects a 1-D waveform, got shape {tuple(waveform.shape)}")
+        check_float_waveform(waveform)
         raw = self.raw_fbank(self.crop_waveform(waveform.float(), generator))
         return normalize(pad_or_crop(raw, self.target_length, "start"), self.mean, self.std)
 

@@ -12,7 +12,9 @@ everything is transcoded to 16 kHz FLAC once.
 from __future__ import annotations
 
 import io
+import math
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +29,62 @@ SOUNDFILE_EXTENSIONS = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".op
 AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | frozenset({".m4a", ".aac", ".mp4", ".webm", ".mka", ".wma"})
 DECODE_EXTRA = "pip install 'ssamba[decode]'"
 RESAMPLE_QUALITY = "HQ"
+# Sample rates a header may claim (Hz); anything else is a damaged or mislabelled file.
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 768_000
+# Float audio is expected in [-1, 1]; peaks above this (+6 dBFS) mean unscaled samples, not clipping.
+MAX_PEAK = 2.0
 
 
 class AudioDecodeError(ValueError):
-    """A file or byte string could not be decoded; the message names it and the cause."""
+    """A file or byte string could not be used; the message names it and the cause.
+
+    ``reason`` is a short category (the shard writer's reject reasons): ``unreadable``, ``missing``,
+    ``empty``, ``bad_sample_rate``, ``non_finite`` or ``too_loud``.
+    """
+
+    def __init__(self, message: str, reason: str = "unreadable") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def check_sample_rate(rate: int, name: str) -> None:
+    """Refuse a sample rate outside ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]`` (e.g. a damaged header)."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioDecodeError(
+            f"{name}: implausible sample rate {rate} Hz in the header (accepted: {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz)",
+            "bad_sample_rate",
+        )
+
+
+def check_samples(audio: np.ndarray, name: str) -> float:
+    """Refuse NaN/Inf samples and peaks above :data:`MAX_PEAK`; returns the peak ``max |x|``."""
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    if not math.isfinite(peak):
+        bad = int((~np.isfinite(audio)).sum())
+        raise AudioDecodeError(f"{name}: {bad} of {audio.size} samples are NaN or infinite", "non_finite")
+    if peak > MAX_PEAK:
+        raise AudioDecodeError(
+            f"{name}: peak amplitude {peak:.4g} is above {MAX_PEAK:g}; float audio must be scaled to [-1, 1] "
+            "(integer PCM stored as float? divide by 32768)",
+            "too_loud",
+        )
+    return peak
+
+
+def check_regular_file(path: str) -> None:
+    """Refuse missing paths (dangling symlinks included), non-regular files (FIFOs would block) and 0-byte files."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        detail = "dangling symlink" if os.path.islink(path) else "file not found"
+        raise AudioDecodeError(f"{path}: {detail}", "missing") from None
+    except OSError as exc:
+        raise AudioDecodeError(f"{path}: cannot access: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise AudioDecodeError(f"{path}: not a regular file (a FIFO, socket or device)")
+    if info.st_size == 0:
+        raise AudioDecodeError(f"{path}: file has 0 bytes", "empty")
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:
@@ -48,7 +102,8 @@ def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
 
 
 def _read_soundfile(source: str | io.BytesIO) -> tuple[np.ndarray, int]:
-    audio, rate = soundfile.read(source, dtype="float32", always_2d=True)
+    # A bytes path: soundfile cannot encode file names that are not valid UTF-8 itself.
+    audio, rate = soundfile.read(os.fsencode(source) if isinstance(source, str) else source, dtype="float32", always_2d=True)
     return audio, rate
 
 
@@ -79,15 +134,16 @@ def decode_file(path: str | os.PathLike[str]) -> tuple[np.ndarray, int, int]:
     """Decode a file to ``(mono float32 samples, sample_rate, original_channels)``.
 
     soundfile first; for other formats PyAV (optional extra). Raises :class:`AudioDecodeError`
-    naming the file, and naming the extra when the format needs PyAV and it is missing.
+    naming the file (and the extra when the format needs PyAV and it is missing) for a missing,
+    non-regular or 0-byte file, undecodable data, a sample rate outside
+    ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]``, NaN/Inf samples or a peak above :data:`MAX_PEAK`.
     """
     path = os.fspath(path)
     suffix = Path(path).suffix.lower()
+    check_regular_file(path)
     try:
         audio, rate = _read_soundfile(path)
     except Exception as sf_error:  # libsndfile raises LibsndfileError/RuntimeError/TypeError
-        if not os.path.exists(path):
-            raise AudioDecodeError(f"{path}: file not found") from sf_error
         try:
             audio, rate = _read_pyav(path)
         except ImportError:
@@ -101,11 +157,14 @@ def decode_file(path: str | os.PathLike[str]) -> tuple[np.ndarray, int, int]:
             raise
         except Exception as av_error:
             raise AudioDecodeError(f"{path}: cannot decode (soundfile: {sf_error}; PyAV: {av_error})") from av_error
-    return to_mono(audio), rate, audio.shape[1]
+    check_sample_rate(rate, path)
+    mono = to_mono(audio)
+    check_samples(mono, path)
+    return mono, rate, audio.shape[1]
 
 
 def load_audio(path: str | os.PathLike[str], sample_rate: int = DEFAULT_SAMPLE_RATE) -> torch.Tensor:
-    """Decode ``path`` to a mono float32 tensor ``(samples,)`` at ``sample_rate`` Hz."""
+    """Decode ``path`` to a mono float32 tensor ``(samples,)`` at ``sample_rate`` Hz (checked as :func:`decode_file`)."""
     audio, rate, _ = decode_file(path)
     return torch.from_numpy(resample(audio, rate, sample_rate))
 
@@ -116,7 +175,10 @@ def decode_bytes(data: bytes, sample_rate: int = DEFAULT_SAMPLE_RATE, name: str 
         audio, rate = _read_soundfile(io.BytesIO(data))
     except Exception as exc:
         raise AudioDecodeError(f"{name}: cannot decode {len(data)} bytes: {exc}") from exc
-    return torch.from_numpy(resample(to_mono(audio), rate, sample_rate))
+    check_sample_rate(rate, name)
+    mono = to_mono(audio)
+    check_samples(mono, name)
+    return torch.from_numpy(resample(mono, rate, sample_rate))
 
 
 def encode_flac(waveform: np.ndarray, sample_rate: int) -> bytes:

@@ -14,9 +14,15 @@ Each sample is ``<key>.flac`` (or ``<key>.fbank.npy`` with --fbank) plus ``<key>
 (source, path, duration, labels, original rate/channels, corpus extras). Shards are named
 ``<prefix>-000000.tar`` ... and filled in input order up to --max-count samples / --max-bytes.
 Decoding runs in --workers processes; the output is byte-identical for the same inputs.
-A rerun with the same inputs skips the shards already finished (progress.jsonl). At the end,
+A rerun with the same inputs skips the shards already finished (progress.jsonl); so does a rerun
+after a worker process died (the writer stops with a message instead of waiting). At the end,
 index.json lists the shards, counts and hours, and rejects.jsonl names every input that was
-skipped (missing / empty / unreadable / too_short / non_finite) and why.
+skipped and why: missing (dangling symlinks too), empty, unreadable (special files too),
+too_short, non_finite (NaN/Inf samples), bad_sample_rate (outside 1000..768000 Hz), too_loud
+(float peak above 2.0: unscaled samples) or duplicate. Peaks in (1, 2] are clipped and counted.
+Sample keys are the relative paths with '.', '/' and other unsafe characters replaced by '_';
+names with spaces, non-ASCII or non-UTF-8 characters (and keys that would still collide) get a
+hash of the exact name appended, so every input gets its own stable key.
 """
 
 from __future__ import annotations
@@ -25,13 +31,12 @@ import argparse
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import sys
 import tarfile
-from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +44,8 @@ import torch
 
 from ssamba.audio.fbank import FeatureConfig
 from ssamba.audio.io import AudioDecodeError, decode_file, encode_flac, resample
-from ssamba.data.sources import AudioRecord, ast_json, audioset, folder, librispeech, manifest
+from ssamba.data.parallel import WorkerDiedError, ordered_map
+from ssamba.data.sources import KEY_HASH_CHARS, MAX_KEY_LENGTH, AudioRecord, display_path, key_hash, ast_json, audioset, folder, librispeech, manifest
 
 INDEX_FORMAT = "ssamba-shards/1"
 INDEX_FILE = "index.json"
@@ -50,7 +56,7 @@ TAR_BLOCK = 512
 TAR_END_BYTES = 2 * TAR_BLOCK  # two zero blocks close a tar
 DETERMINISTIC_MTIME = 0
 SECONDS_PER_HOUR = 3600.0
-REJECT_REASONS = ("missing", "empty", "unreadable", "too_short", "non_finite")
+REJECT_REASONS = ("missing", "empty", "unreadable", "too_short", "non_finite", "bad_sample_rate", "too_loud", "duplicate")
 SIZE_SUFFIXES = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 
@@ -115,16 +121,16 @@ def encode_record(index: int, record: AudioRecord, options: ShardOptions) -> Enc
     """Decode, check and encode one record (runs in a worker process)."""
 
     def reject(reason: str, detail: str) -> Reject:
-        return Reject(index, record.rel_path, record.source, reason, detail)
+        return Reject(index, record.rel_path, record.source, reason, display_path(detail))
 
     if record.problem:
         reason, _, detail = record.problem.partition(": ")
         return reject(reason if reason in REJECT_REASONS else "unreadable", detail or record.problem)
     try:
-        if os.path.getsize(record.path) == 0:
-            return reject("empty", "file has 0 bytes")
         audio, rate, channels = decode_file(record.path)
-    except (OSError, AudioDecodeError) as exc:
+    except AudioDecodeError as exc:
+        return reject(exc.reason if exc.reason in REJECT_REASONS else "unreadable", str(exc).removeprefix(f"{record.path}: "))
+    except OSError as exc:
         return reject("unreadable", str(exc))
     segment = record.extra.get("segment")
     if segment is not None:  # labelled manifests: [start, end] seconds (end None: to the end of the file)
@@ -132,9 +138,7 @@ def encode_record(index: int, record: AudioRecord, options: ShardOptions) -> Enc
         audio = audio[round(start * rate) : None if end is None else round(end * rate)]
     if audio.size == 0:
         return reject("empty", "no audio samples" if segment is None else f"segment {segment} holds no samples")
-    if not np.isfinite(audio).all():
-        bad = int((~np.isfinite(audio)).sum())
-        return reject("non_finite", f"{bad} of {audio.size} samples are NaN or infinite")
+    clipped = bool(np.abs(audio).max() > 1.0)
     audio = resample(audio, rate, options.sample_rate)
     duration = audio.size / options.sample_rate
     if duration < options.min_seconds:
@@ -150,6 +154,8 @@ def encode_record(index: int, record: AudioRecord, options: ShardOptions) -> Enc
         "original_channels": channels,
         "labels": record.labels,
     }
+    if clipped:
+        meta["clipped"] = True
     members: dict[str, bytes] = {}
     if options.fbank:
         raw = options.features.raw_fbank(torch.from_numpy(np.clip(audio, -1.0, 1.0)))
@@ -181,6 +187,7 @@ class _TarShard:
         self.count = 0
         self.seconds = 0.0
         self.content_bytes = 0
+        self.clipped = 0
         self.sources: Counter[str] = Counter()
 
     def add(self, sample: Encoded) -> None:
@@ -191,6 +198,7 @@ class _TarShard:
             self.content_bytes += _tar_member_size(data)
         self.count += 1
         self.seconds += float(sample.meta["duration"])
+        self.clipped += int(bool(sample.meta.get("clipped")))
         self.sources[str(sample.meta["source"])] += 1
 
     def close(self) -> int:
@@ -207,15 +215,31 @@ def _fingerprint(records: list[AudioRecord], options: ShardOptions) -> str:
     return digest.hexdigest()
 
 
-def _check_unique_keys(records: list[AudioRecord]) -> None:
+def unique_keys(records: list[AudioRecord]) -> list[AudioRecord]:
+    """Records with distinct keys: inputs that share a key get ``<key>-<hash of rel_path>`` (all of
+    them, so the result does not depend on input order); a second record of the same file is
+    marked ``duplicate`` (listed in rejects.jsonl)."""
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for index, record in enumerate(records):
+        by_key[record.key].append(index)
+    out = list(records)
+    first_of_path: dict[str, int] = {}
+    for key, indices in by_key.items():
+        if len(indices) == 1:
+            continue
+        for index in indices:
+            record = records[index]
+            earlier = first_of_path.setdefault(os.path.normpath(record.path), index)
+            problem = record.problem
+            if earlier != index and problem is None:
+                problem = f"duplicate: the same file as input {earlier} ({records[earlier].rel_path})"
+            out[index] = replace(record, key=f"{key[: MAX_KEY_LENGTH - KEY_HASH_CHARS - 1]}-{key_hash(record.rel_path)}", problem=problem)
     seen: dict[str, str] = {}
-    for record in records:
-        if record.key in seen:
-            raise ValueError(
-                f"two inputs map to the sample key {record.key!r}: {seen[record.key]} and {record.rel_path}; "
-                "rename one (keys are the paths with unsafe characters replaced by '_')"
-            )
+    for record in out:
+        if record.problem is None and record.key in seen:
+            raise ValueError(f"two inputs map to the sample key {record.key!r}: {seen[record.key]} and {record.rel_path}; rename one")
         seen[record.key] = record.rel_path
+    return out
 
 
 def _load_progress(out_dir: Path) -> list[dict[str, object]]:
@@ -283,9 +307,12 @@ def write_shards(
     overwrite: bool = False,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
 ) -> dict[str, object]:
-    """Encode ``records`` into shards under ``out_dir``; returns the index (also saved as index.json)."""
+    """Encode ``records`` into shards under ``out_dir``; returns the index (also saved as index.json).
+
+    Raises :class:`~ssamba.data.parallel.WorkerDiedError` if a worker process dies; the finished
+    shards are kept and the same call resumes after them."""
     out_dir = Path(out_dir)
-    _check_unique_keys(records)
+    records = unique_keys(records)
     fingerprint = _fingerprint(records, options)
     done = _prepare_output(out_dir, options.prefix, fingerprint, len(records), overwrite)
     start = int(done[-1]["end"]) if done else 0
@@ -305,7 +332,7 @@ def write_shards(
             size = current.close()
             entry["shard"] = {
                 "name": current.path.name, "count": current.count, "seconds": round(current.seconds, 6),
-                "bytes": size, "sources": dict(current.sources),
+                "bytes": size, "sources": dict(current.sources), "clipped": current.clipped,
             }
             log(f"{current.path.name}: {current.count} clips, {current.seconds / SECONDS_PER_HOUR:.3f} h, {size / 1e6:.1f} MB")
             shard_number += 1
@@ -318,11 +345,8 @@ def write_shards(
         pending_rejects, span_start = [], end
 
     tasks = ((i, records[i], options) for i in range(start, len(records)))
-    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker) if workers > 1 else None
+    results = ordered_map(_encode_task, tasks, workers, _init_worker if workers > 1 else None, "decoding audio")
     try:
-        results: Iterable[Encoded | Reject] = (
-            pool.imap(_encode_task, tasks, chunksize=4) if pool else map(_encode_task, tasks)
-        )
         for result in results:
             if isinstance(result, Reject):
                 pending_rejects.append(result)
@@ -335,9 +359,10 @@ def write_shards(
             current.add(result)
         if current is not None or pending_rejects:
             finish(len(records))
+    except WorkerDiedError as exc:
+        raise WorkerDiedError(f"{exc}; the {shard_number} shards finished so far are kept: rerun the same command to resume") from exc
     finally:
-        if pool is not None:
-            pool.terminate()
+        results.close()
         progress_file.close()
         if current is not None:
             current.tar.close()
@@ -364,6 +389,7 @@ def _write_index(out_dir: Path, done: list[dict[str, object]], options: ShardOpt
         "hours": round(sum(float(shard["seconds"]) for shard in shards) / SECONDS_PER_HOUR, 6),
         "bytes": sum(int(shard["bytes"]) for shard in shards),
         "sources": dict(sorted(per_source.items())),
+        "clipped": sum(int(shard.get("clipped", 0)) for shard in shards),
         "pattern": _brace_pattern(names, options.prefix),
         "shards": shards,
         "rejects": {"count": len(rejects), "by_reason": dict(Counter(r["reason"] for r in rejects)), "file": REJECTS_FILE},
@@ -434,8 +460,9 @@ def main(args: argparse.Namespace) -> int:
         classes = read_labelled(args.input, class_table=args.labels).classes
         (Path(args.output) / CLASSES_FILE).write_text(json.dumps(classes, ensure_ascii=False) + "\n", encoding="utf-8")
     rejects = index["rejects"]
+    clipped = f"; {index['clipped']} clips had peaks above 1 and were clipped (\"clipped\" in their metadata)" if index["clipped"] else ""
     print(
         f"{len(index['shards'])} shards, {index['count']} clips, {index['hours']:.3f} h in {args.output}; "
-        f"{rejects['count']} rejected {rejects['by_reason']} (see {Path(args.output) / REJECTS_FILE})"
+        f"{rejects['count']} rejected {rejects['by_reason']} (see {Path(args.output) / REJECTS_FILE}){clipped}"
     )
     return 0

@@ -9,7 +9,8 @@ Features are the SSAMBA fbank (mean-removed waveform, 128 bins, 10 ms hop), zero
 the end to --target-length frames. With padding included (default) the numbers are comparable to
 the published presets, which were computed on padded inputs; --exclude-padding uses only the
 clip's own frames. Mean and std are exact over all values (float64 sums), clips taken in shard
-order. Unreadable samples are skipped and counted.
+order. Unreadable samples are skipped and counted in "skipped", and so are samples lost to damaged
+shards (exactly when the shards' folder has its index.json).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import argparse
 import io
 import json
 import math
-import multiprocessing
 import sys
 import tarfile
 from dataclasses import replace
@@ -29,7 +29,8 @@ import torch
 
 from ssamba.audio.fbank import FeatureConfig, pad_or_crop
 from ssamba.audio.io import decode_bytes
-from ssamba.data.stream import AUDIO_MEMBER_EXTENSIONS, FBANK_MEMBER, expand_shards, iter_tar_samples
+from ssamba.data.parallel import ordered_map
+from ssamba.data.stream import AUDIO_MEMBER_EXTENSIONS, DAMAGE_KEY, FBANK_MEMBER, LOST_KEY, expand_shards, is_damage, iter_tar_samples
 
 ClipSums = tuple[float, float, int]  # (sum, sum of squares, number of values)
 
@@ -69,6 +70,10 @@ def shard_sums(shard: str, features: FeatureConfig, include_padding: bool, max_c
         for sample in iter_tar_samples(shard):
             if max_clips is not None and len(sums) >= max_clips:
                 break
+            if is_damage(sample):
+                print(f"skipping {sample[LOST_KEY]} sample(s): {sample[DAMAGE_KEY]}", file=sys.stderr)
+                skipped += int(sample[LOST_KEY])
+                continue
             try:
                 frames = _clip_frames(sample, features, include_padding).double()
             except Exception as exc:
@@ -98,9 +103,9 @@ def compute_stats(
     paths = expand_shards(shards)
     tasks = [(path, features, include_padding, max_clips) for path in paths]
     total, total_sq, count, clips, skipped = 0.0, 0.0, 0, 0, 0
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    results = ordered_map(_task, tasks, workers, what="reading shards")
     try:
-        for clip_sums, shard_skipped in (pool.imap(_task, tasks) if pool else map(_task, tasks)):
+        for clip_sums, shard_skipped in results:
             skipped += shard_skipped
             for clip_sum, clip_sq, n in clip_sums:
                 if max_clips is not None and clips >= max_clips:
@@ -109,8 +114,7 @@ def compute_stats(
             if max_clips is not None and clips >= max_clips:
                 break
     finally:
-        if pool is not None:
-            pool.terminate()
+        results.close()
     if count == 0:
         raise ValueError(f"no readable clips in {len(paths)} shards")
     mean, std = mean_std(total, total_sq, count)

@@ -43,13 +43,18 @@ is exact at epoch boundaries; mid-epoch, the remaining ``epoch_length - batches_
 batches come from a fresh deterministic draw.
 
 Errors: a sample that cannot be decoded (or gives non-finite features) is skipped, counted in
-``loader.skipped`` and logged (first few per worker); an unreadable shard is skipped likewise.
-Configuration errors (feature options that do not match precomputed fbank shards, labels outside
-``num_classes``) stop the loader.
+``loader.skipped`` and logged (first few per worker); an unreadable shard is skipped likewise, and
+so is every sample lost to a damaged tar header or cut off a shard (counted exactly when the
+shard's folder has the index.json that ``ssamba shards`` writes). Configuration errors (feature
+options that do not match precomputed fbank shards, labels outside ``num_classes``) stop the
+loader, and so does :class:`NoReadableSamplesError`: raised when the loader is built if no shard
+of a source has a readable first member (0-byte, empty or non-tar files), and when a whole pass
+gives no batch, so a training loop never spins on unreadable data.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import io
@@ -80,11 +85,17 @@ DEFAULT_SHUFFLE_BUFFER = 512
 MIXUP_POOL_SIZE = 32  # recent decoded clips that waveform mixup draws partners from
 LOGGED_SKIPS_PER_WORKER = 5
 INDEX_FILE = "index.json"
+DAMAGE_KEY = "__damage__"
+LOST_KEY = "__lost__"
 _PRIVATE_KEYS = ("_worker", "_skipped")
 
 
 class LoaderConfigError(RuntimeError):
     """The data do not fit the loader's configuration; fatal (not a skippable corrupt sample)."""
+
+
+class NoReadableSamplesError(LoaderConfigError, ValueError):
+    """No shard of a source can be read, or a whole pass over the shards gave no batch."""
 
 
 def expand_shards(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -135,28 +146,125 @@ def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tupl
     return resolved
 
 
+@functools.lru_cache(maxsize=64)
+def _index_counts(index_path: str, mtime_ns: int) -> dict[str, int]:
+    try:
+        content = json.loads(Path(index_path).read_text(encoding="utf-8"))
+        return {str(shard["name"]): int(shard["count"]) for shard in content["shards"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def indexed_count(path: str) -> int | None:
+    """Samples the index.json beside shard ``path`` lists for it (None without an index entry)."""
+    index = Path(path).parent / INDEX_FILE
+    try:
+        mtime = index.stat().st_mtime_ns
+    except OSError:
+        return None
+    return _index_counts(str(index), mtime).get(Path(path).name)
+
+
+def _damage(path: str, key: str, message: str, lost: int = 1) -> dict[str, object]:
+    return {"__key__": key, "__shard__": path, DAMAGE_KEY: message, LOST_KEY: lost}
+
+
+def _complete(sample: dict[str, object]) -> bool:
+    return "json" in sample and any(ext in sample for ext in (*AUDIO_MEMBER_EXTENSIONS, FBANK_MEMBER))
+
+
+def _is_zeros(path: str, start: int, end: int) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        data = handle.read(end - start)
+    return len(data) == end - start and not data.strip(b"\0")
+
+
 def iter_tar_samples(path: str) -> Iterator[dict[str, object]]:
     """Samples of one tar: consecutive members with the same key (basename up to its first dot)
-    are grouped into ``{"__key__", "__shard__", <extension>: bytes}``."""
+    are grouped into ``{"__key__", "__shard__", <extension>: bytes}``.
+
+    Damage never ends a shard silently. Reading continues after a damaged member header (a sample
+    next to the damage that lost its json or audio/fbank member is dropped); a shard that cannot
+    be opened or breaks off, and any shortfall against the count in the index.json beside the
+    shard, are reported too. Each loss comes as ``{"__key__", "__shard__", "__damage__": message,
+    "__lost__": samples}`` among the samples, for the caller to count as skipped (:func:`is_damage`).
+    """
+    expected = indexed_count(path)
+    delivered = lost = 0
     current: dict[str, object] | None = None
-    with tarfile.open(path, mode="r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            directory, _, base = member.name.rpartition("/")
-            stem, dot, ext = base.partition(".")
-            if not dot:
-                continue
-            key = f"{directory}/{stem}" if directory else stem
-            handle = tar.extractfile(member)
-            data = handle.read() if handle else b""
-            if current is None or current["__key__"] != key:
-                if current is not None:
-                    yield current
-                current = {"__key__": key, "__shard__": path}
-            current[ext] = data
-    if current is not None:
-        yield current
+    suspect = False  # ``current`` borders damaged data: keep it only if complete
+    gap: tuple[int, int] | None = None  # damaged byte range not yet explained by a dropped sample
+
+    def finish() -> Iterator[dict[str, object]]:
+        nonlocal delivered, lost, suspect, gap
+        if current is not None and suspect and not _complete(current):
+            lost += 1
+            gap = None
+            members = ", ".join(sorted(k for k in current if not k.startswith("__")))
+            yield _damage(path, str(current["__key__"]), f"{path}: sample {current['__key__']} lost a member to damaged tar data (has only: {members})")
+        elif current is not None:
+            delivered += 1
+            yield current
+            if suspect and gap is not None:
+                lost += 1
+                yield _damage(path, "<damaged>", f"{path}: damaged tar data at bytes {gap[0]}..{gap[1]} (a sample is lost)")
+                gap = None
+        suspect = False
+
+    try:
+        tar = tarfile.open(path, mode="r|*")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        yield _damage(path, "<shard>", f"{path}: not a readable tar ({exc})", expected or 1)
+        return
+    with tar:
+        tar.ignore_zeros = True  # past the first header: step over a damaged header instead of stopping there
+        uncompressed = getattr(tar.fileobj, "comptype", "tar") == "tar"
+        next_offset = 0
+        try:
+            for member in tar:
+                if member.offset != next_offset and not (uncompressed and _is_zeros(path, next_offset, member.offset)):
+                    lost_before, suspect = lost, True
+                    yield from finish()  # drops the sample before the damage if it lost a member
+                    current = None
+                    gap = (next_offset, member.offset) if lost == lost_before else None
+                    suspect = True
+                next_offset = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                if not member.isfile():
+                    continue
+                directory, _, base = member.name.rpartition("/")
+                stem, dot, ext = base.partition(".")
+                if not dot:
+                    continue
+                key = f"{directory}/{stem}" if directory else stem
+                handle = tar.extractfile(member)
+                data = handle.read() if handle else b""
+                if current is None or current["__key__"] != key:
+                    if current is not None:
+                        yield from finish()
+                    current = {"__key__": key, "__shard__": path}
+                current[ext] = data
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            current = None  # its members may be incomplete
+            missing = max(1, expected - delivered - lost) if expected is not None else 1
+            lost += missing
+            yield _damage(path, "<rest of shard>", f"{path}: the rest of the shard is unreadable ({exc})", missing)
+            return
+    size = os.path.getsize(path)
+    if uncompressed and not _is_zeros(path, next_offset, min(next_offset + tarfile.BLOCKSIZE, size)):
+        gap, suspect = (next_offset, size), True  # the header after the last member read is damaged
+    yield from finish()
+    if gap is not None:
+        lost += 1
+        yield _damage(path, "<damaged>", f"{path}: damaged tar data at bytes {gap[0]}..{gap[1]} (a sample is lost)")
+    if expected is not None and delivered + lost < expected:
+        missing = expected - delivered - lost
+        yield _damage(path, "<shard>", f"{path}: read {delivered} of the {expected} samples its {INDEX_FILE} lists; {missing} lost", missing)
+
+
+def is_damage(sample: dict[str, object]) -> bool:
+    """True for the loss reports :func:`iter_tar_samples` yields among the samples."""
+    return DAMAGE_KEY in sample
 
 
 @dataclass(frozen=True)
@@ -170,12 +278,14 @@ class _SkipCounter:
     def __init__(self, worker: int) -> None:
         self.worker = worker
         self.count = 0
+        self.logged = 0
 
-    def skip(self, what: str, error: BaseException) -> None:
-        self.count += 1
-        if self.count <= LOGGED_SKIPS_PER_WORKER:
+    def skip(self, what: str, error: BaseException, count: int = 1) -> None:
+        self.count += count
+        self.logged += 1
+        if self.logged <= LOGGED_SKIPS_PER_WORKER:
             logger.warning("worker %d: skipping %s: %s", self.worker, what, error)
-        elif self.count == LOGGED_SKIPS_PER_WORKER + 1:
+        elif self.logged == LOGGED_SKIPS_PER_WORKER + 1:
             logger.warning("worker %d: further skips are only counted", self.worker)
 
 
@@ -267,9 +377,9 @@ class ShardStream(IterableDataset):
                 try:
                     for sample in iter_tar_samples(shard):
                         sample["__source__"] = name
-                        got_any = True
+                        got_any = got_any or not is_damage(sample)
                         yield sample
-                except Exception as exc:  # truncated/corrupt tar: skip the rest of the shard
+                except Exception as exc:  # an unexpected reading error: skip the rest of the shard
                     skips.skip(f"shard {shard}", exc)
                 empty_in_a_row = 0 if got_any else empty_in_a_row + 1
                 if empty_in_a_row >= give_up_after:
@@ -375,8 +485,11 @@ class ShardStream(IterableDataset):
             sample = next(streams[source_index], None)
             if sample is None:
                 if self.batches_per_rank is not None:
-                    raise LoaderConfigError(f"source {self.sources[source_index].name!r} yielded no readable samples")
+                    raise NoReadableSamplesError(f"source {self.sources[source_index].name!r} yielded no readable samples")
                 break
+            if is_damage(sample):
+                skips.skip(f"{sample[LOST_KEY]} sample(s)", ValueError(sample[DAMAGE_KEY]), int(sample[LOST_KEY]))
+                continue
             try:
                 fbank, labels = self._process(sample, rng, generator, pool)
             except LoaderConfigError:
@@ -391,6 +504,29 @@ class ShardStream(IterableDataset):
         if items and not self.drop_last:
             yield {**self._collate(items, rng), "_worker": worker, "_skipped": skips.count}
         yield {"_worker": worker, "_skipped": skips.count}  # final count (no batch), read by AudioLoader
+
+
+def first_member_problem(path: str) -> str | None:
+    """Why shard ``path`` cannot give a sample (0-byte file, not a tar, no members), or None when
+    its first member header reads. Cheap: opens the file and reads one header."""
+    try:
+        with tarfile.open(path, mode="r|*") as tar:
+            member = tar.next()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        return f"not a readable tar ({exc})"
+    return None if member is not None else "an empty tar (no members)"
+
+
+def check_shards(name: str, paths: Sequence[str]) -> None:
+    """Before any work: raise :class:`NoReadableSamplesError` when none of ``paths`` has a readable
+    first member; warn once (naming a few) when only some cannot be read (they are skipped)."""
+    problems = [(path, problem) for path in paths if (problem := first_member_problem(path)) is not None]
+    if not problems:
+        return
+    listed = "; ".join(f"{path}: {problem}" for path, problem in problems[:3]) + ("; ..." if len(problems) > 3 else "")
+    if len(problems) == len(paths):
+        raise NoReadableSamplesError(f"no readable samples in source {name!r}: none of its {len(paths)} shards can be read ({listed})")
+    logger.warning("%d of the %d shards of source %r cannot be read and will be skipped: %s", len(problems), len(paths), name, listed)
 
 
 def _parse_sources(shards: object) -> list[_Source]:
@@ -432,6 +568,8 @@ class AudioLoader:
         if epoch_length is not None and epoch_length < 1:
             raise ValueError(f"epoch_length must be >= 1 batches, got {epoch_length}")
         self.sources = _parse_sources(shards)
+        for source in self.sources:
+            check_shards(source.name, source.shards)
         self.features = features
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -494,6 +632,7 @@ class AudioLoader:
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory)
         per_worker: dict[int, int] = {}
         self.skipped = 0
+        batches = 0
         for batch in loader:
             per_worker[int(batch["_worker"])] = int(batch["_skipped"])
             new_total = sum(per_worker.values())
@@ -502,7 +641,13 @@ class AudioLoader:
             if "fbank" not in batch:  # a worker's final skip count
                 continue
             self.batches_in_epoch += 1
+            batches += 1
             yield {k: v for k, v in batch.items() if k not in _PRIVATE_KEYS}
+        if batches == 0 and (remaining is None or remaining > 0):
+            raise NoReadableSamplesError(
+                f"a whole pass over the shards of {', '.join(repr(s.name) for s in self.sources)} gave no batch of "
+                f"{self.batch_size} ({self.skipped} samples skipped as unreadable; see the warnings above)"
+            )
         self.epoch, self.batches_in_epoch = self.epoch + 1, 0
 
 

@@ -14,16 +14,24 @@ Outputs (``--format npy``, default): ``OUT/<name>.npy`` (D,), ``OUT/<name>.frame
 ``OUT/embeddings.npz`` with ``names``, ``clip`` (files, D), ``frames`` (all frames, D), ``frame_times``
 and ``frame_offsets`` (files + 1; file i owns frames[offsets[i]:offsets[i+1]]).
 
+A file that cannot be embedded (undecodable, too short, NaN/Inf samples, a sample rate outside
+1000..768000 Hz, a float peak above 2.0, a dangling symlink, NaN/Inf embeddings) is skipped and
+listed with its reason in ``OUT/rejects.jsonl``; the command fails only when nothing was embedded,
+or with ``--strict`` when anything was skipped (the good files are written either way).
+
 examples:
   ssamba embed clips/ --checkpoint exported/ssamba-tiny --out embeddings/
   ssamba embed a.wav b.flac --checkpoint amba_tiny_400.pth --out emb/ --format npz
   ssamba embed corpus/ --checkpoint runs/pretrain --out emb/ --tstride 4 --batch-size 32 --device cuda
+  ssamba embed corpus/ --checkpoint exported/ssamba-tiny --out emb/ --strict   # any skipped file is an error
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +47,7 @@ from ssamba.models.encoder import AudioMambaEncoder
 DEFAULT_WINDOW_SECONDS = 10.0
 DEFAULT_BATCH_SIZE = 16
 NPZ_FILE = "embeddings.npz"
+REJECTS_FILE = "rejects.jsonl"
 
 
 @dataclass
@@ -169,17 +178,19 @@ def load_windowed_encoder(
 
 def find_audio_files(inputs: Sequence[str | Path]) -> list[tuple[str, Path]]:
     """``(output name, path)`` per audio file: files as given (name = stem), folders searched recursively
-    (name = path relative to the folder, without suffix). Duplicated names are an error."""
+    (name = path relative to the folder, without suffix). Duplicated names and inputs that do not exist
+    are an error; dangling symlinks and special files with an audio extension are kept, to be listed
+    as rejects."""
     from ssamba.audio.io import AUDIO_EXTENSIONS
 
     found: list[tuple[str, Path]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            files = sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and not p.is_dir())
             if not files:
                 raise FileNotFoundError(f"{item}: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) in this folder")
             found += [(p.relative_to(item).with_suffix("").as_posix(), p) for p in files]
-        elif item.is_file():
+        elif os.path.lexists(item):
             found.append((item.stem, item))
         else:
             raise FileNotFoundError(f"{item}: no such file or folder")
@@ -191,16 +202,47 @@ def find_audio_files(inputs: Sequence[str | Path]) -> list[tuple[str, Path]]:
     return found
 
 
-def _embed_files(model: WindowedEncoder, files: list[tuple[str, Path]], batch_size: int) -> Iterator[tuple[str, ClipEmbedding]]:
-    """Decode files and embed them, grouping windows of consecutive files into batches."""
+@dataclass
+class EmbedReject:
+    """An input that could not be embedded: ``reason`` (a short category) and the error message."""
+
+    path: str
+    reason: str
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason, "detail": self.detail}
+
+
+def _reject(path: Path, error: Exception) -> EmbedReject:
+    from ssamba.data.sources import display_path
+
+    reason = getattr(error, "reason", "unusable")
+    return EmbedReject(display_path(str(path)), reason, display_path(str(error)))
+
+
+def embed_files(
+    model: WindowedEncoder, files: list[tuple[str, Path]], batch_size: int, rejects: list[EmbedReject]
+) -> Iterator[tuple[str, ClipEmbedding]]:
+    """Decode and embed files, grouping windows of consecutive files into batches. A file that cannot
+    be decoded or used (too short, NaN/Inf, implausible rate, ...) or whose embedding is not finite
+    is appended to ``rejects`` instead; the others are yielded in input order."""
     from ssamba.audio.io import load_audio
 
-    pending: list[tuple[str, PreparedClip]] = []
+    pending: list[tuple[str, Path, PreparedClip]] = []
     for index, (name, path) in enumerate(files):
-        pending.append((name, model.prepare(load_audio(path, model.features.sample_rate), str(path))))
-        if sum(c.windows.shape[0] for _, c in pending) >= batch_size or index == len(files) - 1:
-            results = model.embed_prepared([c for _, c in pending], batch_size)
-            yield from zip([n for n, _ in pending], results)
+        try:
+            pending.append((name, path, model.prepare(load_audio(path, model.features.sample_rate), str(path))))
+        except (ValueError, OSError) as error:  # AudioDecodeError is a ValueError
+            rejects.append(_reject(path, error))
+        if pending and (sum(c.windows.shape[0] for _, _, c in pending) >= batch_size or index == len(files) - 1):
+            results = model.embed_prepared([c for _, _, c in pending], batch_size)
+            for (name, path, _), result in zip(pending, results):
+                if not (torch.isfinite(result.clip).all() and torch.isfinite(result.frames).all()):
+                    error = ValueError(f"{path}: the encoder gave NaN/Inf embeddings (check the checkpoint's weights)")
+                    rejects.append(EmbedReject(_reject(path, error).path, "non_finite_output", str(error)))
+                    continue
+                yield name, result
             pending = []
 
 
@@ -214,6 +256,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tstride", type=int, default=None, help="time patch stride = frame hop in 10 ms frames (default: the checkpoint's)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"windows per forward pass (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument(
+        "--strict", action="store_true",
+        help="exit with an error if any input could not be embedded (the others are still written); "
+        "by default such inputs are skipped, counted and listed in OUT/rejects.jsonl",
+    )
+
+
+class EmbedFailedError(ValueError):
+    """Nothing could be embedded, or (with --strict) some inputs could not be."""
 
 
 def main(args: argparse.Namespace) -> int:
@@ -226,8 +277,10 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     collected: dict[str, ClipEmbedding] = {}
+    rejects: list[EmbedReject] = []
+    embedded = 0
     with tqdm(total=len(files), unit="file", desc="embedding") as progress:
-        for name, result in _embed_files(model, files, args.batch_size):
+        for name, result in embed_files(model, files, args.batch_size, rejects):
             if args.format == "npy":
                 target = out / name
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -236,9 +289,11 @@ def main(args: argparse.Namespace) -> int:
                 np.save(f"{target}.times.npy", result.times.numpy())
             else:
                 collected[name] = result
-            progress.update(1)
-    if args.format == "npz":
-        names = [name for name, _ in files]
+            embedded += 1
+            progress.update(embedded + len(rejects) - progress.n)
+        progress.update(len(files) - progress.n)
+    if collected:
+        names = [name for name, _ in files if name in collected]
         offsets = np.cumsum([0] + [collected[n].frames.shape[0] for n in names])
         np.savez(
             out / NPZ_FILE,
@@ -248,6 +303,14 @@ def main(args: argparse.Namespace) -> int:
             frame_times=np.concatenate([collected[n].times.numpy() for n in names]),
             frame_offsets=offsets,
         )
+    rejects_path = out / REJECTS_FILE
+    rejects_path.write_text("".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in rejects), encoding="utf-8")
     dim = model.encoder.config.embed_dim
-    print(f"embedded {len(files)} file(s) -> {out} ({dim}-d, frame hop {model.column_hop_seconds * MILLISECONDS_PER_SECOND:g} ms)")
+    summary = f"embedded {embedded} file(s) -> {out} ({dim}-d, frame hop {model.column_hop_seconds * MILLISECONDS_PER_SECOND:g} ms)"
+    if rejects:
+        summary += f"; {len(rejects)} of {len(files)} could not be embedded, listed in {rejects_path}"
+    print(summary)
+    if rejects and (embedded == 0 or args.strict):
+        which = "none of the inputs could be embedded" if embedded == 0 else f"{len(rejects)} of {len(files)} inputs could not be embedded (--strict)"
+        raise EmbedFailedError(f"{which}; first: {rejects[0].detail} (all in {rejects_path})")
     return 0

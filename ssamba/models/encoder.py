@@ -240,7 +240,9 @@ class AudioMambaEncoder(nn.Module):
         return {"head": 0, "middle": self.num_patches // 2, "none": None}[self.config.cls_position]
 
     def patchify(self, fbank: Tensor) -> Tensor:
-        """Patch embeddings (B, N, D) of a normalised fbank (B, T, F); no CLS, no position embedding."""
+        """Patch embeddings (B, N, D) of a normalised fbank (B, T, F); no CLS, no position embedding.
+
+        Raises ValueError for a wrong shape and for NaN/Inf input."""
         c = self.config
         if fbank.ndim != 3:
             raise ValueError(f"expected fbank of shape (batch, frames, mel_bins), got {tuple(fbank.shape)}")
@@ -252,6 +254,12 @@ class AudioMambaEncoder(nn.Module):
                 f"expected {c.target_length} frames (the encoder's target_length), got {frames}; "
                 "pad/crop the fbank or load the encoder with a matching target_length"
             )
+        # One cheap reduction (NaN/Inf make the sum non-finite; the exact test only runs then, against
+        # overflow). Skipped while training on an accelerator, where it would add a host sync per step
+        # and the data loader has already dropped non-finite features.
+        check = not self.training or fbank.device.type == "cpu"
+        if check and not torch.isfinite(fbank.sum()) and not torch.isfinite(fbank).all():
+            raise ValueError("the fbank input contains NaN or infinite values; check the audio and the feature statistics")
         return self.patch_embed(fbank.unsqueeze(1).transpose(2, 3))
 
     def forward_tokens(self, patches: Tensor) -> Tensor:

@@ -403,7 +403,7 @@ def train_loop(
     def log_train() -> None:
         nonlocal last_metrics, logged_step
         means = mean_across_ranks(running.pop())
-        last_metrics = {**means, "lr": schedule.lr(state.step - 1), **speed.pop(), "nonfinite_skipped": state.nonfinite_total, "epoch": train_loader.epoch}
+        last_metrics = {**means, "lr": schedule.lr(state.step - 1), **speed.pop(), "nonfinite_skipped": state.nonfinite_total, "epoch": train_loader.epoch, "data_skipped": train_loader.skipped_total}
         logger.log(state.step, "train", last_metrics)
         logger.progress(state.step, {"loss": means["loss"], "acc": means["acc"], "clips/s": last_metrics["clips_per_s"]})
         logged_step = state.step

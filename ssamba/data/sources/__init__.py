@@ -8,10 +8,17 @@ its records in a deterministic order.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+# Names made only of these characters keep their historical key (the name with '.' and '/' -> '_').
+_KEY_PLAIN = re.compile(r"[A-Za-z0-9_./-]+")
+MAX_KEY_LENGTH = 80
+"""Longer keys are cut and hashed (a tar member name holds 100 characters, extensions included)."""
+KEY_HASH_CHARS = 8
 
 
 @dataclass
@@ -33,12 +40,29 @@ class AudioRecord:
     problem: str | None = None
 
 
+def key_hash(text: str) -> str:
+    """Short stable hash of any name (file names that are not valid UTF-8 included)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:KEY_HASH_CHARS]
+
+
 def make_key(text: str) -> str:
-    """A WebDataset-safe sample key: letters, digits, '_' and '-' only (no dots, no slashes)."""
+    """A WebDataset-safe sample key (letters, digits, '_' and '-'; no dots, no slashes), stable for any name.
+
+    Names made of ASCII letters, digits and ``_ - . /`` become the name with ``.`` and ``/`` replaced
+    by ``_`` (``dog/001.wav`` -> ``dog_001_wav``). Any other character (spaces, non-ASCII, bytes that
+    are not UTF-8) is replaced too and a hash of the exact name is appended (``a b.wav`` ->
+    ``a_b_wav-<8 hex>``), so such names never collide; keys over :data:`MAX_KEY_LENGTH` characters
+    are cut and hashed the same way.
+    """
     key = _KEY_UNSAFE.sub("_", text)
-    if not key.strip("_"):
-        raise ValueError(f"cannot make a sample key from {text!r}")
+    if not _KEY_PLAIN.fullmatch(text) or not key.strip("_") or len(key) > MAX_KEY_LENGTH:
+        key = f"{key[: MAX_KEY_LENGTH - KEY_HASH_CHARS - 1]}-{key_hash(text)}"
     return key
+
+
+def display_path(text: str) -> str:
+    """A path as valid Unicode text for metadata: bytes that are not UTF-8 are written as ``\\xNN``."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
 def parse_label_field(value: object, where: str) -> list[int | str]:
