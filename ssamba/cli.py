@@ -30,6 +30,7 @@ from ssamba.errors import UserError
 # command name -> module implementing it
 COMMANDS: dict[str, str] = {
     "info": "ssamba.info",
+    "build": "ssamba.models.build",
     "shards": "ssamba.data.shards",
     "stats": "ssamba.data.stats",
     "pretrain": "ssamba.train.pretrain",

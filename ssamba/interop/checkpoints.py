@@ -112,8 +112,8 @@ class Checkpoint:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def build_encoder(self) -> AudioMambaEncoder:
-        """A fresh encoder with these weights (strict), in eval mode."""
-        encoder = AudioMambaEncoder(self.encoder_config)
+        """A fresh encoder with these weights (strict) and this checkpoint's features, in eval mode."""
+        encoder = AudioMambaEncoder(self.encoder_config, self.features)
         _load_strict(encoder, self.encoder_state, self.source)
         return encoder.eval()
 
@@ -680,9 +680,11 @@ def load_encoder(
 
     The architecture comes from the file; ``target_length`` (frames) and ``fstride``/``tstride``
     adapt the input size and patch stride as the original fine-tuning code does. Returned in eval mode:
-    ``encoder(fbank)`` gives token features (B, tokens, D), ``encoder.embed(fbank)`` the pooled (B, D).
-    Files are read without unpickling arbitrary objects: one that needs it (it could run code) is
-    refused with a message, and loaded only with ``unsafe_load=True`` -- only for files you trust.
+    ``encoder(fbank)`` gives token features (B, tokens, D), ``encoder.embed(fbank)`` the pooled (B, D),
+    and ``encoder.features(wave)`` the input it expects (``encoder.feature_config``: the checkpoint's
+    mel bins, length and normalisation statistics). Files are read without unpickling arbitrary
+    objects: one that needs it (it could run code) is refused with a message, and loaded only with
+    ``unsafe_load=True`` -- only for files you trust.
     """
     return load_checkpoint(path, target_length=target_length, fstride=fstride, tstride=tstride, unsafe_load=unsafe_load).build_encoder()
 
