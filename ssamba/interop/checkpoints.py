@@ -80,7 +80,10 @@ HEAD_PREFIXES = ("cpredlayer.", "gpredlayer.")
 MASK_EMBED = "mask_embed"
 HEAD_KEYS = frozenset({MASK_EMBED, *(f"{head}.{i}.{part}" for head in ("cpredlayer", "gpredlayer") for i in (0, 2) for part in ("weight", "bias"))})
 """The tensors of SSAMBA's pretraining heads: mask token and two Linear-ReLU-Linear heads."""
-SHAPE_FIELDS = ("embed_dim", "depth", "d_state", "d_conv", "expand", "bimamba", "norm", "num_mel_bins", "target_length", "fshape", "tshape", "fstride", "tstride")
+SHAPE_FIELDS = (
+    "embed_dim", "depth", "d_state", "d_conv", "expand", "bimamba", "norm",
+    "num_mel_bins", "target_length", "fshape", "tshape", "fstride", "tstride",
+)
 """EncoderConfig fields a stored config must give (their defaults would silently build another architecture)."""
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.(.+)$")
 
@@ -286,7 +289,8 @@ def _check_heads(heads: dict[str, Tensor], source: Path) -> None:
     unknown, missing = sorted(set(heads) - HEAD_KEYS), sorted(HEAD_KEYS - set(heads))
     if unknown or missing:
         parts = ([f"unmapped: {_preview(unknown, 20)}"] if unknown else []) + ([f"missing: {_preview(missing, 20)}"] if missing else [])
-        raise CheckpointError(f"{source}: pretraining-head tensors are not SSAMBA's (mask_embed, cpredlayer.{{0,2}}, gpredlayer.{{0,2}}); " + "; ".join(parts))
+        expected = "mask_embed, cpredlayer.{0,2}, gpredlayer.{0,2}"
+        raise CheckpointError(f"{source}: pretraining-head tensors are not SSAMBA's ({expected}); " + "; ".join(parts))
 
 
 def _check_finite(state: dict[str, Tensor], source: Path) -> None:

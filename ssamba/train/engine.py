@@ -22,7 +22,9 @@ Checkpoints
     :class:`CheckpointManager` writes ``RUN/checkpoints/step-XXXXXXXX.pt`` atomically (temporary file
     + ``os.replace``), points ``last.pt`` (and ``best.pt`` when the evaluation accuracy improved) at it
     through hard links, and keeps the newest ``keep_last`` step files. The file layout is the one the
-    export code reads (``format``, ``version``, ``model``, ``encoder_config``, ...).
+    export code reads (``format``, ``version``, ``model``, ``encoder_config``, ...), made of plain
+    tensors, numbers, strings and containers only, so it is read with ``weights_only=True``.
+    :class:`RunLock` keeps a second run out of a run directory.
 """
 
 from __future__ import annotations
@@ -173,7 +175,10 @@ def rng_state(mask_generator: torch.Generator) -> dict[str, Any]:
     name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"bit_generator": name, "keys": keys.tolist(), "pos": int(position), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "numpy": {
+            "bit_generator": name, "keys": keys.tolist(), "pos": int(position),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
         "masks": mask_generator.get_state(),
     }
@@ -509,7 +514,9 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     except (OSError, RuntimeError) as error:  # torch's zip writer reports a failed write as RuntimeError
         cause = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
         kept = "the previous version is kept" if path.exists() else "nothing was written"
-        raise CheckpointWriteError(f"cannot write checkpoint {path}: {cause}; {kept} (free disk space or fix the run directory, then --resume auto)") from error
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {path}: {cause}; {kept} (free disk space or fix the run directory, then --resume auto)"
+        ) from error
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -594,7 +601,9 @@ def load_checkpoint(path: Path, *, unsafe_load: bool | None = None) -> dict[str,
 
     payload = torch_load(path, unsafe_load=unsafe_load)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not an ssamba training checkpoint (no format={CHECKPOINT_FORMAT!r}); resume needs a file from RUN/checkpoints/")
+        raise CheckpointError(
+            f"{path}: not an ssamba training checkpoint (no format={CHECKPOINT_FORMAT!r}); resume needs a file from RUN/checkpoints/"
+        )
     if payload.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint version {payload.get('version')} is not supported (expected {CHECKPOINT_VERSION})")
     missing = [key for key in RESUME_KEYS if key not in payload]

@@ -11,7 +11,8 @@ examples:
 
 Overrides are dotted keys with YAML values (optim.lr=5e-4, model.depth=2, train.precision=bf16).
 The run directory (run.dir) receives config.yaml, checkpoints/{last,best,step-*}.pt,
-metrics.jsonl and tb/ (tensorboard --logdir RUN/tb).
+metrics.jsonl and tb/ (tensorboard --logdir RUN/tb); run.lock keeps a second run out of it.
+Checkpoints are read weights-only; --unsafe-load allows one that needs full unpickling (trusted files only).
 """
 
 from __future__ import annotations
@@ -319,7 +320,9 @@ def check_shard_set(spec: str, key: str) -> None:
         paths = expand_shards(spec)
         clips = count_clips(spec)
     except FileNotFoundError:
-        raise ConfigError(f"{key}: no shards at {spec!r} (expected a folder or index.json written by `ssamba shards`, a .tar file or a pattern)") from None
+        raise ConfigError(
+            f"{key}: no shards at {spec!r} (expected a folder or index.json written by `ssamba shards`, a .tar file or a pattern)"
+        ) from None
     except (OSError, ValueError, KeyError) as error:
         raise ConfigError(f"{key}: cannot read the shard index of {spec!r}: {error}") from None
     sizes = []
@@ -638,7 +641,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto: continue from the newest readable checkpoint in RUN/checkpoints (last.pt, then step files), "
         "or start fresh when there is none; never (default): refuse a run dir that has checkpoints; or a checkpoint file",
     )
-    parser.add_argument("--dry-run", action="store_true", help="validate the config, the shard paths and the checkpoint to resume from, print the config, and exit")
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="validate the config, the shard paths and the checkpoint to resume from, print the config, and exit",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl and TensorBoard)")
 
 
