@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from ssamba.audio.io import load_audio
     from ssamba.data.stream import make_loader
     from ssamba.interop.checkpoints import load_encoder, load_pretraining_model
+    from ssamba.interop.classifier import export_classifier, load_classifier
     from ssamba.models.encoder import AudioMambaEncoder, EncoderConfig, available_presets, preset_config
     from ssamba.models.masked import MaskedPatchModel, ObjectiveConfig, PretrainOutput
 

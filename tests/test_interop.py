@@ -263,7 +263,7 @@ def test_unmapped_tensor_is_an_error_naming_it(tmp_path):
 def test_bad_files_give_clear_errors(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint\n")
-    with pytest.raises(CheckpointError, match=r"notes.txt: not a checkpoint"):
+    with pytest.raises(CheckpointError, match=r"notes.txt: not a checkpoint, or a truncated or corrupt one"):
         ssamba.load_encoder(text)
     torch.save({"conv.weight": torch.zeros(2), "fc.bias": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match=r"unknown checkpoint layout .* first keys: conv.weight, fc.bias"):
@@ -483,12 +483,16 @@ def test_export_and_import_commands(tmp_path, official_file, capsys):
     assert (config["encoder"]["target_length"], config["encoder"]["tstride"], config["features"]["target_length"]) == (40, 10, 40)
     assert config["provenance"]["adapted_from"] == {"target_length": FRAMES, "fstride": PATCH, "tstride": PATCH}
     run, model = _training_checkpoint(tmp_path, scheduler={"ratio": fractions.Fraction(1, 3)})
-    with pytest.warns(UserWarning, match="holds pickled Python objects besides tensors"):
-        assert cli_main(["export", str(run), str(tmp_path / "exported")]) == 0
+    capsys.readouterr()
+    assert cli_main(["export", str(run), str(tmp_path / "exported")]) == 2  # a pickled Fraction: refused by default
+    assert "references the Python object fractions.Fraction" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="unpickling it fully"):
+        assert cli_main(["export", str(run), str(tmp_path / "exported"), "--unsafe-load"]) == 0
     config = json.loads((tmp_path / "exported" / "config.json").read_text())
     assert config["provenance"]["step"] == 1234 and config["features"]["mean"] == -5.0
-    with pytest.raises(CheckpointError, match="use `ssamba export`"):
-        cli_main(["import", str(tmp_path / "exported"), str(tmp_path / "again")])
+    capsys.readouterr()
+    assert cli_main(["import", str(tmp_path / "exported"), str(tmp_path / "again")]) == 2
+    assert "use `ssamba export`" in capsys.readouterr().err
     with torch.no_grad():
         fbank = _fbank(seed=12)
         assert torch.equal(ssamba.load_encoder(tmp_path / "exported")(fbank), model.encoder(fbank))

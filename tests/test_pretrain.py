@@ -8,6 +8,7 @@ torchrun with DDP and with DeepSpeed (ZeRO 1 and 2).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -234,6 +235,114 @@ def test_sigkill_then_resume_auto_continues_the_same_run(shards: dict[str, Path]
     assert final["step"] == 8 and final["scheduler"] == expected["scheduler"]
     for name, value in expected["model"].items():
         torch.testing.assert_close(final["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+# ------------------------------------------------------------------------------------ resume policy, lock, safety
+
+
+def test_resume_auto_takes_the_newest_readable_checkpoint_and_keeps_history(shards: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ssamba.interop.checkpoints import CheckpointError
+
+    run_dir = tmp_path / "run"
+    extra = ("train.eval_every=0", "schedule.name=constant", "train.save_every=2", "train.keep_last=3")
+    run_tiny(shards, run_dir, "train.max_steps=4", *extra)
+    ckpt = run_dir / "checkpoints"
+    (ckpt / "last.pt").unlink()  # lost, and the newest step file cut short
+    newest = ckpt / "step-00000004.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    capsys.readouterr()
+    run_tiny(shards, run_dir, "train.max_steps=4", *extra, resume="auto")
+    out = capsys.readouterr().out
+    assert f"--resume auto: skipped {newest} (not a checkpoint, or a truncated or corrupt one" in out
+    assert f"renamed the unreadable step-00000004.pt to step-00000004.pt.unreadable" in out
+    assert f"resumed from {ckpt / 'step-00000002.pt'} at step 2" in out
+    assert [r["step"] for r in train_records(run_dir)] == [1, 2, 3, 4]  # steps 1-2 kept, 3-4 redone
+    assert sorted(p.name for p in ckpt.iterdir()) == ["last.pt", "step-00000002.pt", "step-00000004.pt", "step-00000004.pt.unreadable"]
+    assert load_checkpoint(ckpt / "last.pt")["step"] == 4
+
+    # no checkpoint readable: a clear error, and nothing in the run directory changes
+    for path in ckpt.glob("*.pt"):
+        path.write_bytes(b"")
+    before = {p.name: p.read_bytes() for p in [*ckpt.iterdir(), run_dir / "metrics.jsonl"]}
+    with pytest.raises(CheckpointError, match=r"--resume auto: none of the checkpoints in .* can be read \(last.pt: empty file \(0 bytes\)"):
+        run_tiny(shards, run_dir, "train.max_steps=4", *extra, resume="auto")
+    assert {p.name: p.read_bytes() for p in [*ckpt.iterdir(), run_dir / "metrics.jsonl"]} == before
+
+
+def test_run_directory_is_locked_against_a_second_writer(shards: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ssamba.errors import RunLockedError
+    from ssamba.train.engine import RunLock
+
+    run_dir = tmp_path / "run"
+    other = RunLock(run_dir)
+    assert other.acquire() is None
+    try:
+        with pytest.raises(RunLockedError, match=rf"{run_dir} is in use by another run \(pid {os.getpid()} on "):
+            run_tiny(shards, run_dir, "train.max_steps=1", "train.eval_every=0", "schedule.name=constant")
+    finally:
+        other.release()
+    assert not (run_dir / "checkpoints").exists()
+
+    # a lock whose owner died without releasing it (its record is still there) is taken over
+    (run_dir / "run.lock").write_text(json.dumps({"pid": 2**22 + 1, "host": "elsewhere", "started": "2026-01-01T00:00:00+00:00"}))
+    capsys.readouterr()
+    run_tiny(shards, run_dir, "train.max_steps=1", "train.eval_every=0", "schedule.name=constant")
+    assert f"took over the lock of {run_dir} left by a run that is gone (pid {2**22 + 1} on elsewhere" in capsys.readouterr().out
+    assert (run_dir / "run.lock").read_text() == ""  # released at the end
+
+
+def test_resume_refuses_a_pickle_payload_without_the_opt_in(shards: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ssamba.cli import main as cli_main
+
+    run_dir = tmp_path / "run"
+    extra = ("train.eval_every=0", "schedule.name=constant")
+    run_tiny(shards, run_dir, "train.max_steps=1", *extra)
+    last = run_dir / "checkpoints" / "last.pt"
+    assert torch.load(last, weights_only=True)["step"] == 1  # our checkpoints need no unpickling
+    marker = tmp_path / "marker"
+    payload = {**load_checkpoint(last), "notes": _CodePayload(marker)}
+    crafted = tmp_path / "crafted.pt"
+    torch.save(payload, crafted)
+    argv = ["pretrain", "--config", str(BASE_CONFIG), "--no-progress", *tiny_overrides(shards, run_dir, "train.max_steps=2", *extra), "--resume", str(crafted)]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ssamba pretrain: error: {crafted}: refused to load: it references the Python object") and "--unsafe-load" in err
+    assert not marker.exists() and load_checkpoint(last)["step"] == 1
+    with pytest.warns(UserWarning, match="unpickling it fully"):
+        assert cli_main([*argv, "--unsafe-load"]) == 0
+    assert marker.exists() and load_checkpoint(last)["step"] == 2
+
+
+class _CodePayload:
+    """Unpickling this runs code that creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(shards: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from ssamba.train.engine import CheckpointWriteError
+
+    run_dir = tmp_path / "run"
+    extra = ("train.eval_every=0", "schedule.name=constant", "train.save_every=1")
+    run_tiny(shards, run_dir, "train.max_steps=1", *extra)
+    ckpt = run_dir / "checkpoints"
+    before = (ckpt / "last.pt").read_bytes()
+
+    def full_disk(obj, handle):
+        handle.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointWriteError, match=rf"^cannot write checkpoint {ckpt / 'step-00000002.pt'}: No space left on device; nothing was written"):
+        run_tiny(shards, run_dir, "train.max_steps=2", *extra, resume="auto")
+    assert (ckpt / "last.pt").read_bytes() == before
+    assert sorted(p.name for p in ckpt.iterdir()) == ["last.pt", "step-00000001.pt"]
 
 
 # ------------------------------------------------------------------------------------ shell script

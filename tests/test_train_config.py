@@ -122,12 +122,20 @@ def test_missing_config_file_is_named(tmp_path: Path) -> None:
 def test_cli_reports_config_errors_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = cli_main(["pretrain", "--config", str(PRETRAIN_CONFIGS / "ssamba-tiny-400.yaml"), *DATA, "optim.lrr=1", f"run.dir={tmp_path / 'run'}"])
     assert code == 2
-    assert capsys.readouterr().err.startswith("ssamba pretrain: config error: unknown config key optim.lrr")
+    assert capsys.readouterr().err.startswith("ssamba pretrain: error: unknown config key optim.lrr")
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_dry_run_prints_the_resolved_config(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli_main(["pretrain", "--config", str(PRETRAIN_CONFIGS / "ssamba-small-300.yaml"), *DATA, "--dry-run"]) == 0
+def _shard_dirs(root: Path, eval_bytes: bytes = b"tar") -> list[str]:
+    """A train and an eval shard folder with one (unparsed) shard file each; the overrides naming them."""
+    for name, content in (("train", b"tar"), ("eval", eval_bytes)):
+        (root / name).mkdir()
+        (root / name / "shard-000000.tar").write_bytes(content)
+    return [f"data.train_shards={root / 'train'}", f"data.eval_shards={root / 'eval'}", f"run.dir={root / 'run'}"]
+
+
+def test_cli_dry_run_prints_the_resolved_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["pretrain", "--config", str(PRETRAIN_CONFIGS / "ssamba-small-300.yaml"), *_shard_dirs(tmp_path), "--dry-run"]) == 0
     printed = parse_yaml(capsys.readouterr().out, "stdout")
     assert printed["model"]["preset"] == "ssamba-small" and printed["model"]["embed_dim"] == 384
     assert printed["objective"]["mask_patch"] == 300
@@ -207,3 +215,31 @@ def test_train_shards_mix_sources_with_weights(tmp_path: Path) -> None:
         (tmp_path / name / "index.json").write_text(json.dumps({"count": count}))
     assert count_clips({str(tmp_path / "a"): 0.7, str(tmp_path / "b"): 0.3}) == 42
     assert count_clips({str(tmp_path / "a"): 0.7, str(tmp_path / "missing"): 0.3}) is None
+
+
+def _dry_run_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    code = cli_main(["pretrain", "--config", str(PRETRAIN_CONFIGS / "ssamba-tiny-400.yaml"), *argv, "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+def test_dry_run_checks_paths_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _shard_dirs(tmp_path, eval_bytes=b"")
+    assert _dry_run_error(capsys, *data) == (
+        f"ssamba pretrain: error: data.eval_shards: '{tmp_path / 'eval'}' holds no clips: all 1 shard file(s) are empty (0 bytes)"
+    )
+    (tmp_path / "eval" / "shard-000000.tar").write_bytes(b"tar")
+    missing = [f"data.train_shards={tmp_path / 'nothing'}", *data[1:]]
+    assert "data.train_shards: no shards at" in _dry_run_error(capsys, *missing)
+    (tmp_path / "index.json").write_text('{"count": 4, "shards": [{"name": "gone.tar"}]}')
+    indexed = [f"data.train_shards={tmp_path / 'index.json'}", *data[1:]]
+    assert _dry_run_error(capsys, *indexed).endswith(f"data.train_shards: shard {tmp_path / 'gone.tar'} cannot be read (No such file or directory)")
+    (tmp_path / "run").write_text("a file")
+    assert _dry_run_error(capsys, *data).endswith(f"run.dir: {tmp_path / 'run'} exists and is not a directory")
+    (tmp_path / "run").unlink()
+    assert _dry_run_error(capsys, *data, "--resume", str(tmp_path / "nope.pt")).endswith(f"--resume {tmp_path / 'nope.pt'}: no such checkpoint file")
+    (tmp_path / "notes.txt").write_text("hello")
+    assert "notes.txt: not a checkpoint" in _dry_run_error(capsys, *data, "--resume", str(tmp_path / "notes.txt"))
+    assert cli_main(["pretrain", "--config", str(PRETRAIN_CONFIGS / "ssamba-tiny-400.yaml"), *data, "--dry-run"]) == 0
+    assert not (tmp_path / "run").exists()

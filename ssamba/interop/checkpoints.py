@@ -41,13 +41,14 @@ frequency crop at the time size, this code uses the true sizes; both agree on ev
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
 import math
-import pickle
 import re
 import warnings
-import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssamba.audio.fbank import FeatureConfig
+from ssamba.errors import UnsafeCheckpointError, UserError
 from ssamba.fields import dataclass_from_dict
 from ssamba.models.encoder import AudioMambaEncoder, EncoderConfig, grid_size
 
@@ -76,11 +78,23 @@ AUM_NUM_MEL_BINS = 128
 DATA_PARALLEL_PREFIX = "module."
 HEAD_PREFIXES = ("cpredlayer.", "gpredlayer.")
 MASK_EMBED = "mask_embed"
+HEAD_KEYS = frozenset({MASK_EMBED, *(f"{head}.{i}.{part}" for head in ("cpredlayer", "gpredlayer") for i in (0, 2) for part in ("weight", "bias"))})
+"""The tensors of SSAMBA's pretraining heads: mask token and two Linear-ReLU-Linear heads."""
+SHAPE_FIELDS = (
+    "embed_dim", "depth", "d_state", "d_conv", "expand", "bimamba", "norm",
+    "num_mel_bins", "target_length", "fshape", "tshape", "fstride", "tstride",
+)
+"""EncoderConfig fields a stored config must give (their defaults would silently build another architecture)."""
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.(.+)$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A file could not be read as a checkpoint of a supported layout; the message says why."""
+
+
+_UNSAFE_LOAD: contextvars.ContextVar[bool] = contextvars.ContextVar("ssamba_unsafe_load", default=False)
+_UNSUPPORTED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+UNSAFE_LOAD_HINT = "pass unsafe_load=True (command line: --unsafe-load)"
 
 
 @dataclass
@@ -111,7 +125,7 @@ class Checkpoint:
 
 
 def _numpy_array_globals() -> list[Any]:
-    """What unpickling plain numpy arrays needs (training checkpoints keep numpy RNG state as arrays)."""
+    """What reading plain numpy arrays needs (training checkpoints of ssamba 0.1 kept numpy RNG state as arrays)."""
     import numpy as np
 
     multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
@@ -120,22 +134,98 @@ def _numpy_array_globals() -> list[Any]:
     return [multiarray._reconstruct, np.ndarray, np.dtype, *dtype_classes]
 
 
-def _torch_load(path: Path) -> Any:
-    """torch.load on CPU: tensors, containers and numpy arrays only; full unpickling (with a warning)
-    when the file pickles other objects."""
-    unreadable = (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError, ImportError)
+DEEPSPEED_STATE_CLASSES = {
+    "deepspeed.runtime.fp16.loss_scaler": ("LossScaler", "DynamicLossScaler"),
+    "deepspeed.runtime.zero.config": ("ZeroStageEnum",),
+    "deepspeed.utils.tensor_fragment": ("fragment_address",),
+}
+"""Plain record classes (attributes only, no custom unpickling) in DeepSpeed ZeRO optimiser state dicts."""
+
+
+def _deepspeed_state_globals() -> list[Any]:
+    """The classes of :data:`DEEPSPEED_STATE_CLASSES` that the installed DeepSpeed has (none without it)."""
+    import importlib
+
+    found = []
+    for module_name, names in DEEPSPEED_STATE_CLASSES.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        found += [getattr(module, name) for name in names if hasattr(module, name)]
+    return found
+
+
+@contextlib.contextmanager
+def unsafe_loading() -> Iterator[None]:
+    """Within this block, checkpoints that need full unpickling are read, as with ``unsafe_load=True``
+    (what the command line's ``--unsafe-load`` does)."""
+    token = _UNSAFE_LOAD.set(True)
     try:
-        with torch.serialization.safe_globals(_numpy_array_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except unreadable as err:
-        if "Weights only load failed" not in str(err):
-            raise CheckpointError(f"{path}: not a checkpoint (PyTorch could not read it: {err})") from err
+        yield
+    finally:
+        _UNSAFE_LOAD.reset(token)
+
+
+def _is_pickle_or_zip(path: Path) -> bool:
+    """Whether the file starts like a PyTorch zip archive or a binary pickle (protocol 2 or later)."""
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    return head == b"PK" or head[:1] == b"\x80"
+
+
+def _unpickling_need(err: BaseException) -> str:
+    """What the refused file holds, from PyTorch's weights-only error message."""
+    found = _UNSUPPORTED_GLOBAL.search(str(err))
+    if found:
+        return f"it references the Python object {found.group(1)}"
+    return "it uses pickle instructions outside the tensor-and-container subset"
+
+
+def torch_load(path: str | Path, *, unsafe_load: bool | None = None, safe_globals: Sequence[Any] = ()) -> Any:
+    """``torch.load`` on CPU that never unpickles arbitrary objects unless asked to.
+
+    By default (``weights_only=True``) only tensors, numbers, strings, ``None``, lists/tuples/dicts and
+    plain numpy arrays are read, plus the classes in ``safe_globals``. A file that holds other Python objects raises
+    :class:`UnsafeCheckpointError` (unpickling them can run code stored in the file); it is read only
+    with ``unsafe_load=True`` or inside :func:`unsafe_loading` (``None``: whatever the block says).
+    An empty, truncated or non-PyTorch file raises :class:`CheckpointError` naming it.
+    """
+    path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except unreadable as err:
-        raise CheckpointError(f"{path}: not a checkpoint (PyTorch could not unpickle it: {err})") from err
-    warnings.warn(f"{path}: holds pickled Python objects besides tensors (e.g. optimiser or RNG state); unpickled it fully -- only load files you trust", stacklevel=3)
-    return obj
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint not found: {path}") from None
+    if size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint; it was probably cut off while being written or copied")
+    allowed = [*_numpy_array_globals(), *safe_globals]
+    for attempt in range(2):
+        try:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # PyTorch raises many types (RuntimeError, EOFError, KeyError ...) for unreadable files
+            if "Weights only load failed" not in str(err) or not _is_pickle_or_zip(path):
+                detail = f" ({type(err).__name__}: {_first_line(err)})" if "Weights only load failed" not in str(err) else ""
+                raise CheckpointError(f"{path}: not a checkpoint, or a truncated or corrupt one: PyTorch cannot read it{detail}") from err
+            need = _unpickling_need(err)
+            if attempt == 0 and "deepspeed." in need and (deepspeed_globals := _deepspeed_state_globals()):
+                allowed += deepspeed_globals  # a run trained with dist.engine=deepspeed: its ZeRO optimiser state
+                continue
+            break
+    if not (_UNSAFE_LOAD.get() if unsafe_load is None else unsafe_load):
+        raise UnsafeCheckpointError(
+            f"{path}: refused to load: {need}, and reading it means unpickling, which can run any code stored in the file. "
+            f"If you trust where the file comes from, {UNSAFE_LOAD_HINT}"
+        )
+    warnings.warn(f"{path}: unpickling it fully (unsafe load requested; {need}); only do this for files you trust", stacklevel=2)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a checkpoint (PyTorch could not unpickle it: {type(err).__name__}: {_first_line(err)})") from err
+
+
+def _first_line(err: BaseException) -> str:
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), "")
 
 
 def _resolve_source(path: Path) -> Path:
@@ -155,12 +245,25 @@ def _resolve_source(path: Path) -> Path:
     )
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Read any supported checkpoint (see the module docstring) without changing its input size."""
+def read_checkpoint(path: str | Path, *, unsafe_load: bool | None = None) -> Checkpoint:
+    """Read any supported checkpoint (see the module docstring) without changing its input size.
+
+    Files are read without unpickling arbitrary objects; one that needs it is refused unless
+    ``unsafe_load=True`` (see :func:`torch_load`).
+    """
     source = _resolve_source(Path(path))
     if source.name == CONFIG_FILE or source.suffix == ".safetensors":
-        return _read_export(source.parent)
-    obj = _torch_load(source)
+        checkpoint = _read_export(source.parent)
+        _check_finite(checkpoint.encoder_state, source)
+        return checkpoint
+    obj = torch_load(source, unsafe_load=unsafe_load)
+    checkpoint = _read_loaded(obj, source)
+    _check_heads(checkpoint.head_state, source)
+    _check_finite({**checkpoint.encoder_state, **checkpoint.head_state}, source)
+    return checkpoint
+
+
+def _read_loaded(obj: Any, source: Path) -> Checkpoint:
     if isinstance(obj, dict) and "format" in obj:
         return _read_train(obj, source)
     state = _state_dict_of(obj, source)
@@ -177,6 +280,24 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         f"{source}: unknown checkpoint layout (expected an ssamba export/training checkpoint, an official SSAMBA "
         f"checkpoint with 'module.v.*' keys, or an AuM checkpoint with 'pos_embed.pos_embed'); first keys: {_preview(state)}"
     )
+
+
+def _check_heads(heads: dict[str, Tensor], source: Path) -> None:
+    """Pretraining-head tensors are SSAMBA's set exactly (none at all for an encoder-only file)."""
+    if not heads:
+        return
+    unknown, missing = sorted(set(heads) - HEAD_KEYS), sorted(HEAD_KEYS - set(heads))
+    if unknown or missing:
+        parts = ([f"unmapped: {_preview(unknown, 20)}"] if unknown else []) + ([f"missing: {_preview(missing, 20)}"] if missing else [])
+        expected = "mask_embed, cpredlayer.{0,2}, gpredlayer.{0,2}"
+        raise CheckpointError(f"{source}: pretraining-head tensors are not SSAMBA's ({expected}); " + "; ".join(parts))
+
+
+def _check_finite(state: dict[str, Tensor], source: Path) -> None:
+    """Every floating-point tensor is finite (NaN/Inf weights would give NaN outputs silently)."""
+    bad = [name for name, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise CheckpointError(f"{source}: tensors with NaN or Inf values: {_preview(bad, 10)}; the file holds a diverged or corrupted model")
 
 
 def _preview(keys: Any, count: int = 6) -> str:
@@ -214,6 +335,9 @@ def _features_from_dict(values: dict[str, Any], source: Path) -> FeatureConfig:
 def _encoder_config_from_dict(values: Any, source: Path, name: str) -> EncoderConfig:
     if not isinstance(values, dict):
         raise CheckpointError(f"{source}: '{name}' must be a dict of EncoderConfig fields, got {type(values).__name__}")
+    missing = [key for key in SHAPE_FIELDS if key not in values]
+    if missing:
+        raise CheckpointError(f"{source}: '{name}' lacks {', '.join(missing)} (a config written by ssamba has every EncoderConfig field)")
     try:
         return EncoderConfig.from_dict(values)
     except (TypeError, ValueError) as err:
@@ -273,16 +397,23 @@ def _read_train(obj: dict[str, Any], source: Path) -> Checkpoint:
             unmapped.append(key)
     if unmapped:
         raise CheckpointError(f"{source}: unmapped tensors in 'model': {_preview(unmapped, 20)}")
+    encoder_config = _encoder_config_from_dict(obj["encoder_config"], source, "encoder_config")
     features = obj.get("features")
+    provenance = {"step": obj.get("step")}
+    if isinstance(features, dict):
+        features = _features_from_dict(features, source)
+    else:  # written without feature settings: SSAMBA's recipe at the encoder's input size
+        features = FeatureConfig(num_mel_bins=encoder_config.num_mel_bins, target_length=encoder_config.target_length)
+        provenance["features"] = "assumed: the checkpoint stores no feature settings"
     return Checkpoint(
         layout="ssamba-train",
         source=source,
-        encoder_config=_encoder_config_from_dict(obj["encoder_config"], source, "encoder_config"),
+        encoder_config=encoder_config,
         encoder_state=encoder_state,
-        features=_features_from_dict(features, source) if isinstance(features, dict) else FeatureConfig(),
+        features=features,
         head_state=head_state,
         objective_config=obj.get("objective_config"),
-        provenance={"step": obj.get("step")},
+        provenance=provenance,
     )
 
 
@@ -546,24 +677,30 @@ def adapt_checkpoint(checkpoint: Checkpoint, *, target_length: int | None = None
 # ----------------------------------------------------------------------------------------- public
 
 
-def load_checkpoint(path: str | Path, *, target_length: int | None = None, fstride: int | None = None, tstride: int | None = None) -> Checkpoint:
+def load_checkpoint(
+    path: str | Path, *, target_length: int | None = None, fstride: int | None = None, tstride: int | None = None, unsafe_load: bool | None = None
+) -> Checkpoint:
     """:func:`read_checkpoint` then :func:`adapt_checkpoint` (when a size or stride is given)."""
-    return adapt_checkpoint(read_checkpoint(path), target_length=target_length, fstride=fstride, tstride=tstride)
+    return adapt_checkpoint(read_checkpoint(path, unsafe_load=unsafe_load), target_length=target_length, fstride=fstride, tstride=tstride)
 
 
-def load_encoder(path: str | Path, *, target_length: int | None = None, fstride: int | None = None, tstride: int | None = None) -> AudioMambaEncoder:
+def load_encoder(
+    path: str | Path, *, target_length: int | None = None, fstride: int | None = None, tstride: int | None = None, unsafe_load: bool | None = None
+) -> AudioMambaEncoder:
     """Load the encoder of any supported checkpoint (export dir, training checkpoint/run, official SSAMBA, AuM).
 
     The architecture comes from the file; ``target_length`` (frames) and ``fstride``/``tstride``
     adapt the input size and patch stride as the original fine-tuning code does. Returned in eval mode:
     ``encoder(fbank)`` gives token features (B, tokens, D), ``encoder.embed(fbank)`` the pooled (B, D),
     and ``encoder.features(wave)`` the input it expects (``encoder.feature_config``: the checkpoint's
-    mel bins, length and normalisation statistics).
+    mel bins, length and normalisation statistics). Files are read without unpickling arbitrary
+    objects: one that needs it (it could run code) is refused with a message, and loaded only with
+    ``unsafe_load=True`` -- only for files you trust.
     """
-    return load_checkpoint(path, target_length=target_length, fstride=fstride, tstride=tstride).build_encoder()
+    return load_checkpoint(path, target_length=target_length, fstride=fstride, tstride=tstride, unsafe_load=unsafe_load).build_encoder()
 
 
-def load_pretraining_model(path: str | Path):
+def load_pretraining_model(path: str | Path, *, unsafe_load: bool | None = None):
     """The masked-patch model (encoder, mask token, ``cpredlayer``/``gpredlayer``) of a pretraining checkpoint.
 
     Works for official SSAMBA checkpoints and this package's training checkpoints; returned in eval
@@ -577,7 +714,7 @@ def load_pretraining_model(path: str | Path):
         max_cluster_mask_patch,
     )
 
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, unsafe_load=unsafe_load)
     if not checkpoint.head_state:
         raise CheckpointError(f"{checkpoint.source}: a '{checkpoint.layout}' checkpoint holds an encoder only, no pretraining heads (mask_embed, cpredlayer, gpredlayer)")
     if checkpoint.objective_config:

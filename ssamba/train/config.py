@@ -31,6 +31,8 @@ from typing import Any, Literal
 
 import yaml
 
+from ssamba.errors import UserError
+
 BASE_KEY = "base"
 """Top-level key of a config file naming the file it extends."""
 ENGINES = ("ddp", "deepspeed")
@@ -42,7 +44,7 @@ ENCODER_INPUT_FIELDS = ("num_mel_bins", "target_length")
 """Encoder fields that are taken from the ``features`` section."""
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An invalid configuration: the message names the offending key."""
 
 

@@ -22,19 +22,23 @@ Checkpoints
     :class:`CheckpointManager` writes ``RUN/checkpoints/step-XXXXXXXX.pt`` atomically (temporary file
     + ``os.replace``), points ``last.pt`` (and ``best.pt`` when the evaluation accuracy improved) at it
     through hard links, and keeps the newest ``keep_last`` step files. The file layout is the one the
-    export code reads (``format``, ``version``, ``model``, ``encoder_config``, ...).
+    export code reads (``format``, ``version``, ``model``, ``encoder_config``, ...), made of plain
+    tensors, numbers, strings and containers only, so it is read with ``weights_only=True``.
+    :class:`RunLock` keeps a second run out of a run directory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import json
 import math
 import os
 import random
 import re
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +49,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ssamba.errors import RunLockedError, UserError
+
 CHECKPOINT_FORMAT = "ssamba-train"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
+LOCK_NAME = "run.lock"
 LAST_NAME = "last.pt"
 BEST_NAME = "best.pt"
 STEP_PATTERN = re.compile(r"^step-(\d{8})\.pt$")
@@ -163,10 +170,15 @@ def barrier() -> None:
 
 
 def rng_state(mask_generator: torch.Generator) -> dict[str, Any]:
-    """This process's random states (python, numpy, torch CPU/CUDA, the mask generator)."""
+    """This process's random states (python, numpy, torch CPU/CUDA, the mask generator), as plain
+    tensors, numbers, strings and containers (what a weights-only checkpoint reader accepts)."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            "bit_generator": name, "keys": keys.tolist(), "pos": int(position),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
         "masks": mask_generator.get_state(),
     }
@@ -178,7 +190,13 @@ def rng_state(mask_generator: torch.Generator) -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any], mask_generator: torch.Generator) -> None:
     """Restore what :func:`rng_state` returned."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (
+            numpy_state["bit_generator"], np.asarray(numpy_state["keys"], dtype=np.uint32), numpy_state["pos"],
+            numpy_state["has_gauss"], numpy_state["cached_gaussian"],
+        )
+    np.random.set_state(numpy_state)  # a tuple with an array: checkpoints of ssamba 0.1
     torch.set_rng_state(state["torch"])
     mask_generator.set_state(state["masks"])
     if "cuda" in state and torch.cuda.is_available():
@@ -487,8 +505,18 @@ class DeepSpeedEngine:
 # ------------------------------------------------------------------------------------ checkpoints
 
 
+class CheckpointWriteError(UserError, RuntimeError):
+    """A checkpoint could not be written (full disk, lost mount, permissions); the previous one is intact."""
+
+    exit_code = 1
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same directory, fsync, then rename over ``path``."""
+    """``torch.save`` to a temporary file in the same directory, fsync, then rename over ``path``.
+
+    A failed write (e.g. a full disk) removes the temporary file, leaves ``path`` as it was, and
+    raises :class:`CheckpointWriteError` naming the file and the cause.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
@@ -496,6 +524,12 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:  # torch's zip writer reports a failed write as RuntimeError
+        cause = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+        kept = "the previous version is kept" if path.exists() else "nothing was written"
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {path}: {cause}; {kept} (free disk space or fix the run directory, then --resume auto)"
+        ) from error
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -521,6 +555,21 @@ class CheckpointManager:
     @property
     def last(self) -> Path:
         return self.dir / LAST_NAME
+
+    def existing(self) -> list[Path]:
+        """Checkpoints present, in the order ``--resume auto`` tries them: last.pt, step files newest
+        first, best.pt (a file hard-linked under several names is listed once)."""
+        seen: set[tuple[int, int]] = set()
+        found = []
+        for path in [self.last, *reversed(self.step_files()), self.best]:
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue
+            if (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                found.append(path)
+        return found
 
     @property
     def best(self) -> Path:
@@ -554,11 +603,83 @@ class CheckpointManager:
         return path
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a training checkpoint, checking its format tag."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+RESUME_KEYS = ("model", "step", "optimizer", "scheduler", "scaler", "rng", "data_state", "run_state", "engine", "config")
+"""Entries a training checkpoint needs to be resumed from."""
+
+
+def load_checkpoint(path: Path, *, unsafe_load: bool | None = None) -> dict[str, Any]:
+    """Read a training checkpoint (weights-only, see :func:`ssamba.interop.checkpoints.torch_load`),
+    checking its format tag, version and entries; :class:`CheckpointError` names the file otherwise."""
+    from ssamba.interop.checkpoints import CheckpointError, torch_load
+
+    payload = torch_load(path, unsafe_load=unsafe_load)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an ssamba training checkpoint (no format={CHECKPOINT_FORMAT!r})")
+        raise CheckpointError(
+            f"{path}: not an ssamba training checkpoint (no format={CHECKPOINT_FORMAT!r}); resume needs a file from RUN/checkpoints/"
+        )
     if payload.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {payload.get('version')} is not supported (expected {CHECKPOINT_VERSION})")
+        raise CheckpointError(f"{path}: checkpoint version {payload.get('version')} is not supported (expected {CHECKPOINT_VERSION})")
+    missing = [key for key in RESUME_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: training checkpoint lacks {', '.join(missing)}")
     return payload
+
+
+# ------------------------------------------------------------------------------------ run lock
+
+
+class RunLock:
+    """Exclusive lock of a run directory (``RUN/run.lock``), so two runs never write into one.
+
+    The file records the owner (pid, host, start time); the lock itself is an ``flock`` on it, which
+    the operating system drops when the owner process ends, however it ends. A lock left by a process
+    that is gone is therefore taken over (with a message); one held by a live process is refused.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_NAME
+        self._handle: Any = None
+
+    def acquire(self) -> str | None:
+        """Take the lock; returns a message when a stale lock was taken over. Raises RunLockedError."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - kept open while the lock is held
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = _describe_owner(handle.read())
+            handle.close()
+            raise RunLockedError(
+                f"{self.path.parent} is in use by another run ({owner}); wait for it to end, stop it, or choose another run.dir"
+            ) from None
+        handle.seek(0)
+        previous = handle.read().strip()
+        handle.seek(0)
+        handle.truncate()
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+        handle.write(json.dumps(owner) + "\n")
+        handle.flush()
+        self._handle = handle
+        if previous:
+            return f"took over the lock of {self.path.parent} left by a run that is gone ({_describe_owner(previous)})"
+        return None
+
+    def release(self) -> None:
+        """Clear the owner record and unlock (a no-op when not held)."""
+        if self._handle is None:
+            return
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.flush()
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+        self._handle = None
+
+
+def _describe_owner(text: str) -> str:
+    try:
+        owner = json.loads(text)
+        return f"pid {owner['pid']} on {owner['host']}, started {owner['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "owner unknown"

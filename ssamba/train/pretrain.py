@@ -11,7 +11,8 @@ examples:
 
 Overrides are dotted keys with YAML values (optim.lr=5e-4, model.depth=2, train.precision=bf16).
 The run directory (run.dir) receives config.yaml, checkpoints/{last,best,step-*}.pt,
-metrics.jsonl and tb/ (tensorboard --logdir RUN/tb).
+metrics.jsonl and tb/ (tensorboard --logdir RUN/tb); run.lock keeps a second run out of it.
+Checkpoints are read weights-only; --unsafe-load allows one that needs full unpickling (trusted files only).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -30,7 +32,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ssamba.data.stream import INDEX_FILE, derive_seed
+from ssamba.data.stream import INDEX_FILE, derive_seed, expand_shards
+from ssamba.errors import RunLockedError, UnsafeCheckpointError, UserError
+from ssamba.interop.checkpoints import CheckpointError
 from ssamba.train.config import ConfigError, PretrainConfig, load_config
 from ssamba.train.engine import (
     CHECKPOINT_FORMAT,
@@ -39,6 +43,7 @@ from ssamba.train.engine import (
     DeepSpeedEngine,
     DistInfo,
     LRSchedule,
+    RunLock,
     TorchEngine,
     all_reduce,
     barrier,
@@ -63,8 +68,14 @@ FREE_ON_RESUME = {"model.scan_backend"}
 """... except these keys (implementation choices that do not change the model)."""
 
 
-class NonFiniteLossError(RuntimeError):
+UNREADABLE_SUFFIX = ".unreadable"
+"""Checkpoints that ``--resume auto`` could not read are renamed with this suffix (kept, never deleted)."""
+
+
+class NonFiniteLossError(UserError, RuntimeError):
     """Too many micro-batches in a row had a non-finite loss or gradient."""
+
+    exit_code = 1
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -218,21 +229,112 @@ def resolve_deepspeed_config(path: str) -> Path:
     raise ConfigError(f"dist.deepspeed_config: file {path} not found")
 
 
-def find_resume_checkpoint(resume: str, checkpoints: CheckpointManager) -> Path | None:
-    """The checkpoint to resume from: ``never``, ``auto`` (RUN/checkpoints/last.pt if any) or a path."""
+@dataclass
+class ResumePoint:
+    """Where a run starts: a checkpoint (path and contents) or nothing, and what was skipped on the way."""
+
+    path: Path | None = None
+    checkpoint: dict[str, Any] | None = None
+    skipped: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+
+    def messages(self) -> list[str]:
+        return [f"--resume auto: skipped {path} ({reason})" for path, reason in self.skipped]
+
+
+def find_resume_checkpoint(resume: str, checkpoints: CheckpointManager, *, unsafe_load: bool | None = None) -> ResumePoint:
+    """The checkpoint to resume from, loaded: ``never``, ``auto`` or a path.
+
+    ``never`` refuses a run directory that holds checkpoints. ``auto`` starts fresh only when the run
+    directory holds no checkpoint at all; otherwise it takes the newest one that loads (last.pt, then
+    the step files newest first, then best.pt) and reports why it skipped the others; if none loads it
+    stops with every reason (a fresh start would overwrite the run's history). A refused unsafe file
+    (see ``--unsafe-load``) is never skipped silently: it stops the run.
+    """
+    existing = checkpoints.existing()
     if resume == "never":
-        if checkpoints.last.exists():
+        if existing:
             raise ConfigError(
-                f"{checkpoints.dir.parent} already holds a run ({checkpoints.last}); "
+                f"{checkpoints.dir.parent} already holds a run ({', '.join(p.name for p in existing)} in {checkpoints.dir}); "
                 "pass --resume auto to continue it, or choose another run.dir"
             )
-        return None
+        return ResumePoint()
     if resume == "auto":
-        return checkpoints.last if checkpoints.last.exists() else None
+        point = ResumePoint()
+        for path in existing:
+            try:
+                point.checkpoint = load_checkpoint(path, unsafe_load=unsafe_load)
+            except UnsafeCheckpointError:
+                raise
+            except CheckpointError as error:
+                point.skipped.append((path, str(error).removeprefix(f"{path}: ")))
+                continue
+            point.path = path
+            return point
+        if point.skipped:
+            reasons = "; ".join(f"{p.name}: {reason}" for p, reason in point.skipped)
+            raise CheckpointError(
+                f"--resume auto: none of the checkpoints in {checkpoints.dir} can be read ({reasons}); "
+                "move them away to start a new run there, or pass --resume PATH with an intact copy"
+            )
+        return point
     path = Path(resume)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"--resume {resume}: no such checkpoint file")
-    return path
+    if not path.is_file():
+        raise ConfigError(f"--resume {resume}: a directory; pass a checkpoint file (e.g. {path / 'checkpoints' / 'last.pt'}) or --resume auto")
+    return ResumePoint(path=path, checkpoint=load_checkpoint(path, unsafe_load=unsafe_load))
+
+
+def set_aside_unreadable(point: ResumePoint) -> list[str]:
+    """Rename checkpoints ``--resume auto`` skipped (``*.unreadable``), so that neither pruning nor a later
+    resume takes them for the run's newest state; returns what was done."""
+    done = []
+    for path, _ in point.skipped:
+        target = path.with_name(path.name + UNREADABLE_SUFFIX)
+        if path.exists():
+            os.replace(path, target)
+            done.append(f"renamed the unreadable {path.name} to {target.name}")
+    return done
+
+
+# ------------------------------------------------------------------------------------ checks before work
+
+
+def check_inputs(cfg: PretrainConfig) -> None:
+    """Check the files a run needs before any work: run.dir is not a file, every shard exists and can
+    be read, and no shard set is empty. ConfigError names the key and the path."""
+    run_dir = Path(cfg.run.dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run.dir: {run_dir} exists and is not a directory")
+    train = cfg.data.train_shards
+    for source in train if isinstance(train, dict) else [train]:
+        key = f"data.train_shards.{source}" if isinstance(train, dict) else "data.train_shards"
+        check_shard_set(source, key)
+    if cfg.data.eval_shards:
+        check_shard_set(cfg.data.eval_shards, "data.eval_shards")
+
+
+def check_shard_set(spec: str, key: str) -> None:
+    """Shards of ``spec`` exist, open for reading, and are not all empty (index count 0 or 0-byte files)."""
+    try:
+        paths = expand_shards(spec)
+        clips = count_clips(spec)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{key}: no shards at {spec!r} (expected a folder or index.json written by `ssamba shards`, a .tar file or a pattern)"
+        ) from None
+    except (OSError, ValueError, KeyError) as error:
+        raise ConfigError(f"{key}: cannot read the shard index of {spec!r}: {error}") from None
+    sizes = []
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                sizes.append(os.fstat(handle.fileno()).st_size)
+        except OSError as error:
+            raise ConfigError(f"{key}: shard {path} cannot be read ({error.strerror or error})") from None
+    if clips == 0 or not any(sizes):
+        why = "its index counts 0 clips" if clips == 0 else f"all {len(paths)} shard file(s) are empty (0 bytes)"
+        raise ConfigError(f"{key}: {spec!r} holds no clips: {why}")
 
 
 def check_resumable(cfg: PretrainConfig, checkpoint: dict[str, Any], source: Path) -> None:
@@ -314,19 +416,29 @@ def restore(
     return RunState(**checkpoint["run_state"])
 
 
-def pretrain(cfg: PretrainConfig, resume: str = "never", progress: bool = True) -> dict[str, float]:
-    """Run (or continue) pretraining as configured; returns the last logged metrics."""
+def pretrain(cfg: PretrainConfig, resume: str = "never", progress: bool = True, *, unsafe_load: bool | None = None) -> dict[str, float]:
+    """Run (or continue) pretraining as configured; returns the last logged metrics.
+
+    The run directory is locked for the whole run (:class:`~ssamba.train.engine.RunLock`); ``resume``
+    follows :func:`find_resume_checkpoint`; checkpoints are read weights-only unless ``unsafe_load``.
+    """
     from ssamba.models.encoder import AudioMambaEncoder
     from ssamba.models.masked import MaskedPatchModel
 
+    check_inputs(cfg)
     info = init_distributed(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_minutes, single_process_group=cfg.dist.engine == "deepspeed")
+    run_dir = Path(cfg.run.dir)
+    lock = RunLock(run_dir)
     try:
-        run_dir = Path(cfg.run.dir)
+        notes = lock_run(lock, info)
         checkpoints = CheckpointManager(run_dir, cfg.train.keep_last)
-        resume_path = find_resume_checkpoint(resume, checkpoints)
-        checkpoint = load_checkpoint(resume_path) if resume_path is not None else None
+        point = find_resume_checkpoint(resume, checkpoints, unsafe_load=unsafe_load)
+        checkpoint, resume_path = point.checkpoint, point.path
         if checkpoint is not None:
             check_resumable(cfg, checkpoint, resume_path)
+        notes += point.messages()
+        if info.is_main:
+            notes += set_aside_unreadable(point)
 
         # 1. data
         train_loader = make_train_loader(cfg, info)
@@ -357,6 +469,8 @@ def pretrain(cfg: PretrainConfig, resume: str = "never", progress: bool = True) 
         total = planned_steps(cfg, train_loader.epoch_length)
         logger = MetricsLogger(run_dir, enabled=info.is_main, start_step=state.step, total_steps=total, progress=progress)
         try:
+            for note in notes:
+                logger.message(note)
             if resume_path is not None:
                 logger.message(f"resumed from {resume_path} at step {state.step} (data position {train_loader.state_dict()})")
             logger.message(
@@ -368,7 +482,23 @@ def pretrain(cfg: PretrainConfig, resume: str = "never", progress: bool = True) 
         finally:
             logger.close()
     finally:
+        lock.release()
         shutdown_distributed()
+
+
+def lock_run(lock: RunLock, info: DistInfo) -> list[str]:
+    """Rank 0 locks the run directory; every rank learns whether it could (so all stop together)."""
+    notes: list[str] = []
+    error: RunLockedError | None = None
+    if info.is_main:
+        try:
+            taken_over = lock.acquire()
+            notes += [taken_over] if taken_over else []
+        except RunLockedError as locked:
+            error = locked
+    if not broadcast(torch.tensor([float(error is None)])).item():
+        raise error or RunLockedError(f"{lock.path.parent} is in use by another run (rank 0 could not lock it)")
+    return notes
 
 
 def train_loop(
@@ -506,22 +636,30 @@ def mean_across_ranks(means: dict[str, float]) -> dict[str, float]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, help="YAML config (configs/pretrain/*.yaml); defaults only if omitted")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides with dotted keys, e.g. optim.lr=5e-4 train.max_steps=100")
-    parser.add_argument("--resume", default="never", metavar="auto|never|PATH", help="auto: continue RUN/checkpoints/last.pt when it exists; never (default): refuse to reuse a run dir that has checkpoints; or a checkpoint file")
-    parser.add_argument("--dry-run", action="store_true", help="validate the config, print it resolved, and exit")
+    parser.add_argument(
+        "--resume", default="never", metavar="auto|never|PATH",
+        help="auto: continue from the newest readable checkpoint in RUN/checkpoints (last.pt, then step files), "
+        "or start fresh when there is none; never (default): refuse a run dir that has checkpoints; or a checkpoint file",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="validate the config, the shard paths and the checkpoint to resume from, print the config, and exit",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl and TensorBoard)")
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config, args.overrides)
-        if args.dry_run:
-            print(cfg.to_yaml(), end="")
-            return 0
-        pretrain(cfg, resume=args.resume, progress=not args.no_progress)
-    except ConfigError as error:
-        print(f"ssamba pretrain: config error: {error}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as error:
-        print(f"ssamba pretrain: {error}", file=sys.stderr)
-        return 1
+    cfg = load_config(args.config, args.overrides)
+    check_inputs(cfg)
+    if args.dry_run:
+        point = find_resume_checkpoint(args.resume, CheckpointManager(Path(cfg.run.dir), cfg.train.keep_last))
+        if point.checkpoint is not None:
+            check_resumable(cfg, point.checkpoint, point.path)
+        print(cfg.to_yaml(), end="")
+        for message in point.messages():
+            print(message, file=sys.stderr)
+        start = f"resume from {point.path} (step {point.checkpoint['step']})" if point.path else "start a new run"
+        print(f"dry run: config, shards and run directory are valid; would {start} in {cfg.run.dir}", file=sys.stderr)
+        return 0
+    pretrain(cfg, resume=args.resume, progress=not args.no_progress)
     return 0
