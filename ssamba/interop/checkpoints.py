@@ -274,12 +274,14 @@ def _read_train(obj: dict[str, Any], source: Path) -> Checkpoint:
     if unmapped:
         raise CheckpointError(f"{source}: unmapped tensors in 'model': {_preview(unmapped, 20)}")
     features = obj.get("features")
+    encoder_config = _encoder_config_from_dict(obj["encoder_config"], source, "encoder_config")
     return Checkpoint(
         layout="ssamba-train",
         source=source,
-        encoder_config=_encoder_config_from_dict(obj["encoder_config"], source, "encoder_config"),
+        encoder_config=encoder_config,
         encoder_state=encoder_state,
-        features=_features_from_dict(features, source) if isinstance(features, dict) else FeatureConfig(),
+        features=_features_from_dict(features, source) if isinstance(features, dict)
+        else FeatureConfig(num_mel_bins=encoder_config.num_mel_bins, target_length=encoder_config.target_length),
         head_state=head_state,
         objective_config=obj.get("objective_config"),
         provenance={"step": obj.get("step")},
