@@ -109,6 +109,23 @@ def _absolute_paths(text: str, base: Path) -> str:
     return buffer.getvalue()
 
 
+def background_noise_override(recipe: RecipeInfo, data: Path, overrides: list[str]) -> list[str]:
+    """The config's background-noise folder resolved against the prepared folder, as the manifest is
+    (``data/manifest.csv``); nothing when the config has none or the user overrides it."""
+    from ssamba.train.config import load_yaml_config
+
+    if any(item.startswith("augment.background_noise") for item in overrides):
+        return []
+    noise = (load_yaml_config(recipe.config).get("augment") or {}).get("background_noise")
+    if not isinstance(noise, dict) or not noise.get("dir") or Path(noise["dir"]).is_absolute():
+        return []
+    folder = (data / noise["dir"]).resolve()
+    if not folder.is_dir():
+        raise RecipeError(f"{folder} is missing: run finetune/{recipe.name}/prepare.sh again (it writes the background-noise "
+                          "recordings), or pass augment.background_noise=null to train without them")
+    return [f"augment.background_noise.dir={folder}"]
+
+
 def finetune_command(recipe: RecipeInfo, args: argparse.Namespace, run_dir: Path, manifest: Path) -> list[str]:
     """The argument list of the ``ssamba finetune`` run (no shell involved)."""
     overrides = [f"run.dir={run_dir}", f"data.manifest={manifest}", f"model.pretrained={args.pretrained}"]
@@ -124,6 +141,7 @@ def finetune_command(recipe: RecipeInfo, args: argparse.Namespace, run_dir: Path
             raise RecipeError(f"{stats_file} is missing: run finetune/{recipe.name}/prepare.sh first (its stage 3 writes it)")
         stats = json.loads(stats_file.read_text(encoding="utf-8"))
         overrides += [f"features.mean={stats['mean']!r}", f"features.std={stats['std']!r}"]
+    overrides += background_noise_override(recipe, args.data, args.overrides)
     overrides += args.overrides
     finetune = ["-m", "ssamba", "finetune", "--config", str(recipe.config), *overrides, "--resume", "auto"]
     if args.nproc_per_node > 1:
@@ -179,28 +197,25 @@ def device_table(devices: list[str], true: list[str], predicted: list[str]) -> s
     return "macro class accuracy (%) by device\n" + header + "\n" + "".join(f"{100 * v:>8.2f}" for v in cells.values())
 
 
-def dcase_device_report(model_dir: Path, manifest: Path) -> str:
-    """Score the selected classifier (``RUN/model``) on the manifest's test clips, clip by clip."""
-    import torch
+def dcase_device_report(run_dir: Path, manifest: Path) -> str:
+    """DCASE's device table from the selected model's test predictions (``RUN/predictions/test-selected.npz``,
+    written by ``ssamba finetune``); the device is the last ``-`` field of the file name (``...-a.wav``)."""
+    import numpy as np
 
     from ssamba.data.labelled import read_labelled
-    from ssamba.interop.classifier import load_classifier
-    from ssamba.interop.predict import predict_file
+    from ssamba.train.finetune import PREDICTIONS_DIR, SELECTED_TEST_PREDICTIONS, Predictions
 
-    model = load_classifier(model_dir)
-    test = read_labelled(manifest).subset(split="test")
-    devices, true, predicted, skipped = [], [], [], 0
-    for clip in test.clips:
-        try:
-            scores = predict_file(model, clip.path, torch.device("cpu")).scores
-        except ValueError:
-            skipped += 1
-            continue
-        devices.append(clip.path.stem.rsplit("-", 1)[-1])
-        true.append(clip.labels[0])
-        predicted.append(model.classes[int(scores.argmax())])
-    if not true:
-        raise RecipeError(f"{manifest}: no readable test clip to score")
+    path = run_dir / PREDICTIONS_DIR / SELECTED_TEST_PREDICTIONS
+    if not path.is_file():
+        raise RecipeError(f"{path} is missing: the run has no test evaluation of its selected model yet")
+    pred = Predictions.load(path)
+    if pred.paths is None or pred.classes is None:
+        raise RecipeError(f"{path} holds no clip paths or class names (written by an older version): rerun the test evaluation")
+    classes = [str(c) for c in pred.classes]
+    true = [classes[i] for i in np.argmax(pred.targets, axis=1)]
+    predicted = [classes[i] for i in np.argmax(pred.scores, axis=1)]
+    devices = [Path(str(p)).stem.rsplit("-", 1)[-1] for p in pred.paths]
+    skipped = len(read_labelled(manifest).subset(split="test")) - len(true)
     return device_table(devices, true, predicted) + (f"\n({skipped} unreadable test clips skipped)" if skipped else "")
 
 
@@ -265,7 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(results_table(recipe, json.loads(results_path.read_text(encoding="utf-8"))))
     if recipe.name == "dcase2025_task1":
-        print(dcase_device_report(run_dir / "model", manifest))
+        try:
+            print(dcase_device_report(run_dir, manifest))
+        except RecipeError as error:
+            print(f"finetune_{recipe.name}: error: {error}", file=sys.stderr)
+            return 2
     print(f"\nresults: {results_path}")
     return 0
 

@@ -2,9 +2,10 @@
 
 Runs: single-label (CE, checkpoint ensemble, weight averaging, export round trip), multi-label
 (BCE with every augmentation), a run stopped after one step and resumed (same weights as the
-uninterrupted run), 2-fold cross-validation with SSAST's fold-average rule, per-second labelling.
+uninterrupted run), 2-fold cross-validation with SSAST's fold-average rule, per-second labelling,
+background noise on training clips only; the selected model's saved test predictions.
 Units: data plans and errors, optimiser groups (freeze, layer decay, head lr), balanced sampling
-weights, the lr schedule, SpecAugment's fill value, loading an official-layout SSAMBA checkpoint
+weights, the lr schedule, SpecAugment's fill value, the background-noise mixer's SNR, loading an official-layout SSAMBA checkpoint
 and one of our pretraining checkpoints into a classifier of another input length and stride.
 """
 
@@ -25,6 +26,7 @@ from ssamba.cli import main as cli_main
 from ssamba.data.labelled import read_labelled
 from ssamba.data.synthetic import CLIP_KINDS, write_demo_corpus
 from ssamba.train.config import ConfigError
+from ssamba.audio.augment import BackgroundNoise, mix_at_snr
 from ssamba.train.finetune import (
     BatchAugment,
     Predictions,
@@ -32,6 +34,7 @@ from ssamba.train.finetune import (
     build_classifier,
     finetune,
     learning_rate,
+    load_background_noise,
     load_finetune_checkpoint,
     parameter_groups,
     plan_folds,
@@ -166,6 +169,16 @@ def test_weight_average_is_the_mean_of_epoch_weights(single_run: Path) -> None:
     assert not torch.equal(epochs[0]["head.1.weight"], epochs[1]["head.1.weight"])
     results = json.loads((single_run / "results.json").read_text())
     assert results["weight_average"]["epochs"] == [1, 2] and "test" in results["weight_average"]
+
+
+def test_selected_model_test_predictions_are_saved(single_run: Path, single_label: Path) -> None:
+    results = json.loads((single_run / "results.json").read_text())
+    pred = Predictions.load(single_run / "predictions" / "test-selected.npz")
+    test = read_labelled(single_label).subset(split="test")
+    assert pred.paths.tolist() == [str(c.path) for c in test.clips] and pred.classes.tolist() == results["classes"]
+    np.testing.assert_array_equal(pred.targets, test.targets())
+    again = classification_scores(pred.scores, pred.targets, multilabel=False)
+    assert again["accuracy"] == results["test"]["accuracy"] and again["mAP"] == pytest.approx(results["test"]["mAP"])
 
 
 def test_multilabel_run_with_augmentation_skips_bad_clips(multi_label: Path, tmp_path: Path) -> None:
@@ -342,6 +355,110 @@ def test_spec_augment_fills_with_normalised_zero(single_label: Path) -> None:
     masked = out != 7.0
     assert masked.any() and torch.allclose(out[masked], torch.tensor(fill))
     assert torch.equal(targets, torch.eye(2))
+
+
+# ---------------------------------------------------------------------------------- background noise
+
+
+def power_db(signal: torch.Tensor, noise: torch.Tensor) -> float:
+    return 10.0 * math.log10(float(signal.double().square().mean()) / float(noise.double().square().mean()))
+
+
+@pytest.mark.parametrize("snr_db", [-10.0, 0.0, 3.0, 17.5, 30.0])
+def test_mix_at_snr_hits_the_requested_snr(snr_db: float) -> None:
+    t = torch.arange(16000, dtype=torch.float32) / 16000
+    signal = 0.3 * torch.sin(2 * math.pi * 440 * t)
+    noise = torch.randn(16000, generator=torch.Generator().manual_seed(0))  # louder than the signal
+    mixed = mix_at_snr(signal, noise, snr_db)
+    added = mixed.double() - signal.double()
+    # the mix is computed in float64 and rounded once to float32: the added noise is off by at most half
+    # an ulp of the mixture (~6e-8 relative to 0.3 + noise), at 30 dB about 2e-6 of the noise: < 1e-4 dB
+    assert power_db(signal, added) == pytest.approx(snr_db, abs=1e-3)
+    torch.testing.assert_close(added / added.norm(), noise.double() / noise.double().norm(), rtol=0, atol=1e-5)
+    assert torch.equal(mix_at_snr(signal, torch.zeros(16000), snr_db), signal)  # silent noise: unchanged
+
+
+def test_background_noise_crops_a_recording_seeded_per_clip() -> None:
+    recordings = [torch.linspace(-1.0, 1.0, 48000), torch.sin(torch.arange(4000) * 0.01)]  # the second shorter than a clip
+    noise = BackgroundNoise(recordings, probability=1.0, snr_db=(10.0, 10.0), seed=7)
+    signal = 0.2 * torch.sin(torch.arange(16000) * 0.3)
+    for index in range(6):
+        mixed = noise(signal, index)
+        torch.testing.assert_close(mixed, noise(signal, index), rtol=0, atol=0)  # same (seed, clip): same draw
+        assert power_db(signal, mixed.double() - signal.double()) == pytest.approx(10.0, abs=1e-3)
+    first = noise(signal, 0)
+    assert not torch.equal(first, noise(signal, 1)) and not torch.equal(first, noise.reseeded(8)(signal, 0))
+    ramp = BackgroundNoise(recordings[:1], probability=1.0, snr_db=(0.0, 0.0), seed=1)
+    added = ramp(signal, 3).double() - signal.double()
+    steps = added[1:] - added[:-1]  # a window of the linear ramp, scaled: constant positive steps (~1e-5)
+    # each float32 mixture sample (|x| < 0.5) is rounded by at most 1.5e-8, so steps differ by < 6e-8
+    assert float(steps.min()) > 0 and float(steps.max() - steps.min()) < 1e-7
+    short = BackgroundNoise(recordings[1:], probability=1.0, snr_db=(0.0, 0.0), seed=2)
+    added = short(signal, 0).double() - signal.double()  # the 4000-sample recording repeated: periodic
+    torch.testing.assert_close(added[4000:], added[:-4000], rtol=0, atol=1e-6)
+    half = BackgroundNoise(recordings, probability=0.5, snr_db=(3.0, 30.0), seed=0)
+    share = np.mean([not torch.equal(half(signal, i), signal) for i in range(400)])
+    assert 0.4 < share < 0.6
+    never = BackgroundNoise(recordings, probability=0.0, snr_db=(3.0, 30.0))
+    assert all(torch.equal(never(signal, i), signal) for i in range(20))
+
+
+def write_noise_folder(folder: Path) -> Path:
+    import soundfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    soundfile.write(folder / "white_noise.wav", 0.1 * rng.standard_normal(24000), 16000)
+    soundfile.write(folder / "hum.flac", 0.05 * np.sin(np.arange(8000) * 0.2), 8000)  # another rate: resampled
+    (folder / "README.md").write_text("not audio\n")
+    return folder
+
+
+def test_background_noise_reaches_training_clips_only(single_label: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_noise_folder(single_label.parent / "noise")
+    seen: list[tuple[int, int]] = []
+    original = BackgroundNoise.__call__
+
+    def spy(self: BackgroundNoise, waveform: torch.Tensor, index: int) -> torch.Tensor:
+        seen.append((self.seed, index))
+        return original(self, waveform, index)
+
+    monkeypatch.setattr(BackgroundNoise, "__call__", spy)
+    # relative dir: resolved against the manifest's folder; p=1 so every training clip is mixed
+    results = run(single_label, tmp_path / "run", "train.loss=ce", "train.metric=acc",
+                  "augment.background_noise={dir: noise, probability: 1.0, snr_db: [0, 10]}")
+    # 12 training clips per epoch, 2 epochs; valid (4 clips) and test (8) are scored without noise
+    train_indices = set(range(12))
+    by_epoch: dict[int, list[int]] = {}
+    for seed, index in seen:
+        by_epoch.setdefault(seed, []).append(index)
+    assert len(by_epoch) == 2 and all(sorted(v) == sorted(train_indices) for v in by_epoch.values())
+    assert results["clips"] == {"train": 12, "valid": 4, "test": 8}
+    cfg = tiny_config(single_label, "augment.background_noise={dir: noise}")
+    noise = load_background_noise(cfg)
+    assert len(noise.recordings) == 2 and noise.probability == 0.8 and noise.snr_db == (3.0, 30.0)
+    assert sorted(r.numel() for r in noise.recordings) == [16000, 24000]  # 1 s at 8 kHz resampled to 16 kHz
+
+
+def test_background_noise_folder_is_checked_before_training(single_label: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(ConfigError, match=r"augment.background_noise.dir: .*missing_noise: no such folder"):
+        load_background_noise(tiny_config(single_label, "augment.background_noise.dir=missing_noise"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "README.md").write_text("no audio here\n")
+    with pytest.raises(ConfigError, match="augment.background_noise.dir: .*empty: no audio files"):
+        load_background_noise(tiny_config(single_label, f"augment.background_noise.dir={tmp_path / 'empty'}"))
+    (tmp_path / "empty" / "broken.wav").write_bytes(b"not audio")
+    with pytest.raises(ConfigError, match="1 audio file.s., none readable"):
+        load_background_noise(tiny_config(single_label, f"augment.background_noise.dir={tmp_path / 'empty'}"))
+    with pytest.raises(ConfigError, match="augment.background_noise.snr_db"):
+        tiny_config(single_label, "augment.background_noise={dir: x, snr_db: [20, 10]}")
+    with pytest.raises(ConfigError, match="augment.background_noise.probability"):
+        tiny_config(single_label, "augment.background_noise={dir: x, probability: 1.5}")
+    code = cli_main(["finetune", "--config", str(BASE), *TINY, f"data.manifest={single_label}", "augment.background_noise.dir=nope",
+                     f"run.dir={tmp_path / 'r'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "augment.background_noise.dir" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
 
 
 # ------------------------------------------------------------------------ checkpoints into a classifier

@@ -113,6 +113,34 @@ def test_predict_per_second_model_prints_each_second(tmp_path: Path, capsys: pyt
     assert [line.split(":")[0].strip() for line in lines[1:]] == ["0-1 s", "1-2 s", "2-3 s"]  # 2.2 s of audio: 3 seconds
 
 
+def test_predict_per_second_model_scores_every_window_of_a_long_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from ssamba.interop.predict import predict_file
+
+    model = tiny_classifier("per_second", frames=300)  # one input labels 3 seconds
+    export_classifier(model, tmp_path / "clf", classes=CLASSES, features=features(300), multilabel=False,
+                      activation="softmax", seconds_per_label=1.0)
+    loaded = ssamba.load_classifier(tmp_path / "clf")
+    rng = np.random.default_rng(0)
+    head = np.concatenate([tone(1.0, 300.0), tone(2.0, 3000.0), tone(3.0, 800.0)])  # the first 6 s: windows 1 and 2
+    tail = np.concatenate([tone(1.0, 1500.0), 0.2 * rng.standard_normal(RATE // 2)])  # 1.5 s: window 3, padded
+    soundfile.write(tmp_path / "long.wav", np.concatenate([head, tail]), RATE)
+    soundfile.write(tmp_path / "tail.wav", tail, RATE)
+    whole = predict_file(loaded, tmp_path / "long.wav", torch.device("cpu"))
+    assert whole.windows == 3 and whole.scores.shape == (8, len(CLASSES))  # 7.5 s: seconds 0..7
+    # the third window starts at 6 s and sees exactly the tail's samples: its seconds are the tail scored alone
+    alone = predict_file(loaded, tmp_path / "tail.wav", torch.device("cpu"))
+    assert alone.scores.shape == (2, len(CLASSES))
+    torch.testing.assert_close(whole.scores[6:], alone.scores, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(whole.scores.sum(-1), torch.ones(8))  # softmax rows, none left empty
+    assert not torch.allclose(whole.scores[6], whole.scores[0])
+    assert cli_main(["predict", str(tmp_path / "long.wav"), "--model", str(tmp_path / "clf"), "--top", "1",
+                     "--jsonl", str(tmp_path / "p.jsonl")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0].strip() for line in lines[1:]] == [f"{s}-{s + 1} s" for s in range(8)]
+    record = json.loads((tmp_path / "p.jsonl").read_text())
+    assert record["windows"] == 3 and len(record["top"]) == 8
+
+
 def test_predict_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert cli_main(["predict", "x.wav", "--model", str(tmp_path / "missing")]) == 2
     assert "no config.json" in capsys.readouterr().err

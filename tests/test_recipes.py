@@ -16,7 +16,8 @@ import soundfile
 
 import recipe_trees as trees
 from conftest import tiny_export
-from ssamba.recipes import RECIPES, fold_manifest, results_table
+from ssamba.recipes import RECIPES, build_parser, finetune_command, fold_manifest, results_table
+from ssamba.train.finetune import load_background_noise
 from ssamba.train.finetune_config import load_finetune_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +122,17 @@ def test_speechcommands_prepare_official_lists(tmp_path, name):
     assert sorted(p.name for p in (out / "background_noise").iterdir()) == ["doing_the_dishes.flac", "white_noise.flac"]
     assert all(r["group"] == Path(r["path"]).name.split("_nohash_")[0] for r in rows)
     check_prepared(out, rows)
+    # the config's background noise (relative dir) resolves against the prepared folder, as the manifest does
+    args = build_parser(RECIPES[name]).parse_args(["--pretrained", "none", "--data", str(out)])
+    command = finetune_command(RECIPES[name], args, tmp_path / "run", out / "manifest.csv")
+    assert f"augment.background_noise.dir={(out / 'background_noise').resolve()}" in command
+    cfg = load_finetune_config(str(RECIPES[name].config), ["model.pretrained=none", "model.preset=ssamba-tiny",
+                                                           f"data.manifest={out / 'manifest.csv'}"])
+    noise = load_background_noise(cfg)
+    assert len(noise.recordings) == 2 and noise.probability == 0.8 and noise.snr_db == (3.0, 30.0)
+    args = build_parser(RECIPES[name]).parse_args(["--pretrained", "none", "--data", str(tmp_path / "elsewhere")])
+    with pytest.raises(ValueError, match="background_noise is missing.*augment.background_noise=null"):
+        finetune_command(RECIPES[name], args, tmp_path / "run", out / "manifest.csv")
 
 
 # ------------------------------------------------------------------------------- launchers
@@ -341,3 +353,5 @@ def test_launcher_two_steps(tmp_path, name):
     assert max(r["step"] for r in steps) == 2
     assert json.loads((run / "results.json").read_text())["test"]["accuracy"] is not None
     assert RECIPES[name].title in result.stdout
+    if name.startswith("speechcommands"):  # the protocol's background noise is mixed into the training clips
+        assert re.search(r"background noise: 2 recordings \(6\.0 s\) from .*background_noise, mixed into 80 %", result.stdout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -12,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from conftest import tiny_export
 from ssamba.models.complexity import DCASE_MAX_MACS, DCASE_MAX_PARAM_BYTES, complexity, dcase_input, search
 from ssamba.models.encoder import AudioMambaEncoder, preset_config
-from ssamba.recipes import device_table, macro_accuracy
+from ssamba.recipes import RecipeError, dcase_device_report, device_table, macro_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,3 +107,26 @@ def test_macro_accuracy_and_device_table():
     header, values = table.splitlines()[1:]
     assert header.split() == ["all", "a", "b", "s1"]
     assert [float(v) for v in values.split()] == pytest.approx([66.67, 50.0, 100.0, 0.0], abs=0.01)
+
+
+def test_device_table_reads_the_runs_selected_test_predictions(tmp_path):
+    from ssamba.train.finetune import Predictions
+
+    rows = [("bus-a", "bus"), ("bus-s1", "bus"), ("park-a", "bus"), ("park-b", "park"), ("tram-b", "park")]
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label,split\n" + "".join(f"audio/{stem}.wav,{label},test\n" for stem, label in rows)
+                        + "audio/x-a.wav,bus,train\n")
+    run = tmp_path / "run"
+    with pytest.raises(RecipeError, match="test-selected.npz is missing"):
+        dcase_device_report(run, manifest)
+    # the run scored 4 of the 5 test clips (one unreadable): true bus, bus, bus, park; predicted bus, park, park, park
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.3, 0.7]], dtype=np.float32)
+    targets = np.array([[1, 0], [1, 0], [1, 0], [0, 1]], dtype=np.float32)
+    paths = np.array([str(tmp_path / "audio" / f"{stem}.wav") for stem in ("bus-a", "bus-s1", "park-a", "park-b")])
+    (run / "predictions").mkdir(parents=True)
+    Predictions(np.arange(4), scores, targets, paths=paths, classes=np.array(["bus", "park"])).save(
+        run / "predictions" / "test-selected.npz")
+    report = dcase_device_report(run, manifest)
+    assert report.splitlines()[:3] == device_table(["a", "s1", "a", "b"], ["bus", "bus", "bus", "park"],
+                                                   ["bus", "park", "park", "park"]).splitlines()
+    assert report.splitlines()[-1] == "(1 unreadable test clips skipped)"

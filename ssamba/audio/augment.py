@@ -1,4 +1,5 @@
-"""Fine-tuning augmentations as in SSAST/SSAMBA: SpecAugment, mixup, noise + time roll.
+"""Fine-tuning augmentations as in SSAST/SSAMBA: SpecAugment, mixup, noise + time roll; and
+background noise from recordings (Speech Commands' ``_background_noise_``) mixed in at a random SNR.
 
 Order inside the loader (same as the original dataloader): waveform mixup -> fbank -> pad/crop ->
 SpecAugment (on the un-normalised log-mel, so masked cells are 0 *before* normalisation) ->
@@ -10,11 +11,19 @@ a ``torch.Generator``, so a seeded loader is reproducible.
 
 from __future__ import annotations
 
+import logging
+import math
+import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 MIXUP_ALPHA = 10.0  # lambda ~ Beta(10, 10)
 NOISE_SCALE = 0.1  # noise = U[0,1) * (U[0,1) * 0.1), added to the normalised fbank
@@ -124,3 +133,97 @@ def mixup_batch(
     mixed = lams.view(shape) * features + (1 - lams.view(shape)) * features[partners]
     mixed_labels = lams[:, None].to(labels.dtype) * labels + (1 - lams[:, None].to(labels.dtype)) * labels[partners]
     return mixed, mixed_labels
+
+
+def mix_at_snr(signal: torch.Tensor, noise: torch.Tensor, snr_db: float) -> torch.Tensor:
+    """``signal + a * noise`` with ``a`` chosen so that the signal-to-noise power ratio (mean squares
+    over the whole clip) is ``snr_db`` decibels; ``noise`` has ``signal``'s length. A silent noise
+    (or signal) leaves the signal unchanged."""
+    if noise.shape != signal.shape:
+        raise ValueError(f"noise shape {tuple(noise.shape)} differs from the signal's {tuple(signal.shape)}")
+    signal_power = float(signal.double().square().mean())
+    noise_power = float(noise.double().square().mean())
+    if noise_power == 0.0 or signal_power == 0.0:
+        return signal
+    scale = math.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0)))
+    return (signal.double() + scale * noise.double()).to(signal.dtype)
+
+
+class BackgroundNoise:
+    """Mix a random crop of a random noise recording into a waveform at a random SNR.
+
+    With ``probability`` a clip gets noise: a recording drawn uniformly, a window of the clip's
+    length at a uniform offset (a recording shorter than the clip is repeated), an SNR drawn
+    uniformly in decibels from ``snr_db``, mixed by :func:`mix_at_snr`. Every draw comes from
+    ``(seed, index)`` alone, so the same clip of the same epoch gets the same noise in any loader
+    worker and after a resume. Call as ``noise(waveform, index)`` (a dataset's ``wave_transform``).
+    """
+
+    def __init__(self, recordings: Sequence[torch.Tensor], *, probability: float, snr_db: tuple[float, float],
+                 seed: int = 0, source: str = "") -> None:
+        if not recordings:
+            raise ValueError(f"{source or 'background noise'}: no noise recordings")
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"background noise probability must be in [0, 1], got {probability}")
+        if not snr_db[0] <= snr_db[1]:
+            raise ValueError(f"background noise snr_db must be [low, high] with low <= high, got {list(snr_db)}")
+        self.recordings = list(recordings)
+        self.probability = probability
+        self.snr_db = (float(snr_db[0]), float(snr_db[1]))
+        self.seed = seed
+        self.source = source
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike[str], sample_rate: int, *, probability: float,
+                    snr_db: tuple[float, float], seed: int = 0) -> BackgroundNoise:
+        """Decode every audio file of ``folder`` (recursively) at ``sample_rate``; unreadable or silent
+        files are skipped with a warning. ValueError when the folder is missing or holds no usable audio."""
+        from ssamba.audio.io import AUDIO_EXTENSIONS, AudioDecodeError, load_audio
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ValueError(f"{folder}: no such folder of background-noise recordings")
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+        recordings, problems = [], []
+        for path in files:
+            try:
+                wave = load_audio(path, sample_rate)
+            except (AudioDecodeError, OSError, RuntimeError) as error:
+                problems.append(f"{path.name}: {error}")
+                continue
+            if wave.numel() == 0 or float(wave.abs().max()) == 0.0:
+                problems.append(f"{path.name}: silent")
+                continue
+            recordings.append(wave)
+        for problem in problems:
+            log.warning("background noise: skipping %s", problem)
+        if not recordings:
+            found = f"{len(files)} audio file(s), none readable and non-silent" if files else \
+                f"no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})"
+            raise ValueError(f"{folder}: {found}; expected background-noise recordings")
+        return cls(recordings, probability=probability, snr_db=snr_db, seed=seed, source=str(folder))
+
+    def reseeded(self, seed: int) -> BackgroundNoise:
+        """The same recordings and settings with another seed (one per epoch)."""
+        return BackgroundNoise(self.recordings, probability=self.probability, snr_db=self.snr_db, seed=seed,
+                               source=self.source)
+
+    @property
+    def samples(self) -> int:
+        """Total length of the recordings in samples."""
+        return sum(r.numel() for r in self.recordings)
+
+    def crop(self, recording: torch.Tensor, length: int, rng: np.random.Generator) -> torch.Tensor:
+        """A window of ``length`` samples at a uniform offset (the recording repeated when shorter)."""
+        if recording.numel() < length:
+            recording = recording.repeat(math.ceil(length / recording.numel()) + 1)
+        offset = int(rng.integers(0, recording.numel() - length + 1))
+        return recording[offset:offset + length]
+
+    def __call__(self, waveform: torch.Tensor, index: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, index])
+        if rng.random() >= self.probability:
+            return waveform
+        recording = self.recordings[int(rng.integers(len(self.recordings)))]
+        noise = self.crop(recording, waveform.shape[-1], rng)
+        return mix_at_snr(waveform, noise.to(waveform.dtype), float(rng.uniform(*self.snr_db)))

@@ -460,6 +460,9 @@ class LabelledAudioDataset(torch.utils.data.Dataset):
     order), the whole file as input, ``target`` (S, C) with S = input seconds / ``seconds_per_label``;
     second ``s`` gets the labels of the manifest rows whose ``[start, end)`` segment contains its
     centre, and ``target_mask`` (S,) marks the seconds that some row labels.
+
+    ``wave_transform(waveform, i)`` (training augmentation, e.g. background noise) changes item ``i``'s
+    waveform before the fbank; it gets the item index so that its draws can be seeded per item.
     """
 
     def __init__(
@@ -467,7 +470,7 @@ class LabelledAudioDataset(torch.utils.data.Dataset):
         data: LabelledSet,
         features: FeatureConfig,
         *,
-        wave_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        wave_transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
         seconds_per_label: float | None = None,
     ) -> None:
         self.data = data
@@ -490,6 +493,10 @@ class LabelledAudioDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.data.clips) if self.seconds_per_label is None else len(self._files)
 
+    def clip(self, i: int) -> LabelledClip:
+        """The manifest row of item ``i`` (per-second targets: the first row of its file)."""
+        return self.data.clips[i if self.seconds_per_label is None else self._files[i][0]]
+
     def _skip(self, clip: LabelledClip, problem: SkippedClip) -> None:
         self.skipped += 1
         if self.skipped <= MAX_LOGGED_SKIPS:
@@ -505,7 +512,7 @@ class LabelledAudioDataset(torch.utils.data.Dataset):
             self._skip(clip, problem)
             return None
         if self.wave_transform is not None:
-            wave = self.wave_transform(wave)
+            wave = self.wave_transform(wave, i)
         return {"fbank": self.features.features(wave), "target": self._targets[i], "index": i}
 
     def _per_second_item(self, i: int) -> dict[str, object] | None:
@@ -518,7 +525,7 @@ class LabelledAudioDataset(torch.utils.data.Dataset):
             self._skip(whole, problem)
             return None
         if self.wave_transform is not None:
-            wave = self.wave_transform(wave)
+            wave = self.wave_transform(wave, i)
         target = torch.zeros(self.num_seconds, len(self.data.classes))
         mask = torch.zeros(self.num_seconds, dtype=torch.bool)
         centres = (torch.arange(self.num_seconds, dtype=torch.float64) + 0.5) * self.seconds_per_label

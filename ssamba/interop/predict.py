@@ -6,8 +6,9 @@ examples:
   ssamba predict street.wav --model exp/urban8k-dasl/model          # one line per second
 
 A file longer than the model's input (features.target_length frames) is cut into consecutive
-windows whose scores are averaged (clip models) or scored second by second (per-second models: the
-first window). Unreadable and silent files are skipped and counted, never guessed.
+windows whose scores are averaged (clip models); a per-second model labels the seconds its input
+covers, so its windows start every that many seconds and their per-second outputs are concatenated
+over the whole file. Unreadable and silent files are skipped and counted, never guessed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import torch
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aiff", ".aif")
 SILENCE_PEAK = 2.0**-15
 """Same rule as training: a peak below one 16-bit step is silence."""
+WINDOW_BATCH = 16
+"""Windows of one file run through the model together."""
 
 
 @dataclass
@@ -34,6 +37,8 @@ class Prediction:
     path: Path
     scores: torch.Tensor
     windows: int
+    seconds_per_label: float | None = None
+    """Per-second models: the seconds of audio each row of ``scores`` labels."""
 
 
 def audio_files(inputs: list[str]) -> Iterator[Path]:
@@ -46,19 +51,37 @@ def audio_files(inputs: list[str]) -> Iterator[Path]:
             yield path
 
 
-def windows_of(waveform: torch.Tensor, features, per_second: bool) -> torch.Tensor:
-    """(windows, frames, bins) model inputs covering the waveform (one window for per-second models)."""
+def windows_of(waveform: torch.Tensor, features, labelled_seconds: float | None = None) -> torch.Tensor:
+    """(windows, frames, bins) model inputs covering the waveform.
+
+    Clip models (``labelled_seconds`` None): consecutive windows of the model's input length.
+    Per-second models: a window starts every ``labelled_seconds`` (the seconds one input's labels
+    cover), so the windows' labels tile the file; the last window is padded as in training.
+    """
+    samples = waveform.shape[0]
     samples_per_window = (features.target_length - 1) * features.frame_shift_samples + features.frame_length_samples
-    step = features.target_length * features.frame_shift_samples
-    count = 1 if per_second else max(1, math.ceil(max(waveform.shape[0] - samples_per_window, 0) / step) + 1)
+    if labelled_seconds is None:
+        step = features.target_length * features.frame_shift_samples
+        count = max(1, math.ceil(max(samples - samples_per_window, 0) / step) + 1)
+    else:
+        step = round(labelled_seconds * features.sample_rate)
+        count = max(1, math.ceil(samples / step))
     return torch.stack([features.features(waveform[k * step : k * step + samples_per_window]) for k in range(count)])
+
+
+def run_windows(model, inputs: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Activated scores of every window, ``WINDOW_BATCH`` windows at a time (long files stay in memory bounds)."""
+    from ssamba.interop.classifier import activate
+
+    parts = [activate(model(inputs[k : k + WINDOW_BATCH].to(device)), model.activation).cpu()
+             for k in range(0, inputs.shape[0], WINDOW_BATCH)]
+    return torch.cat(parts)
 
 
 @torch.no_grad()
 def predict_file(model, path: Path, device: torch.device) -> Prediction:
     """Scores of one file; raises ``ValueError`` for unreadable or silent audio."""
     from ssamba.audio.io import AudioDecodeError, load_audio
-    from ssamba.interop.classifier import activate
 
     try:
         waveform = load_audio(path, model.features.sample_rate)
@@ -66,13 +89,15 @@ def predict_file(model, path: Path, device: torch.device) -> Prediction:
         raise ValueError(f"unreadable ({error})") from None
     if waveform.numel() == 0 or float(waveform.abs().max()) < SILENCE_PEAK:
         raise ValueError("silent")
-    inputs = windows_of(waveform, model.features, model.task == "per_second")
-    scores = activate(model(inputs.to(device)), model.activation).cpu()
-    if model.task == "per_second":
-        audio_seconds = waveform.shape[0] / model.features.sample_rate
-        seconds = min(scores.shape[1], max(1, math.ceil(audio_seconds - 1e-9)))
-        return Prediction(path, scores[0, :seconds], 1)
-    return Prediction(path, scores.mean(dim=0), inputs.shape[0])
+    if model.task != "per_second":
+        inputs = windows_of(waveform, model.features)
+        return Prediction(path, run_windows(model, inputs, device).mean(dim=0), inputs.shape[0])
+    labelled_seconds = model.seconds * model.seconds_per_label
+    inputs = windows_of(waveform, model.features, labelled_seconds)
+    scores = run_windows(model, inputs, device)  # (windows, labels per window, classes)
+    audio_seconds = waveform.shape[0] / model.features.sample_rate
+    labels = max(1, math.ceil(audio_seconds / model.seconds_per_label - 1e-9))
+    return Prediction(path, scores.reshape(-1, scores.shape[-1])[:labels], inputs.shape[0], model.seconds_per_label)
 
 
 def top_classes(scores: torch.Tensor, names: list[str], k: int) -> list[tuple[str, float]]:
@@ -85,8 +110,10 @@ def format_prediction(pred: Prediction, names: list[str], k: int) -> str:
         window = f" ({pred.windows} windows averaged)" if pred.windows > 1 else ""
         return f"{pred.path}{window}: " + ", ".join(f"{name} {score:.3f}" for name, score in top_classes(pred.scores, names, k))
     lines = [f"{pred.path}:"]
+    step = pred.seconds_per_label or 1.0
     for second, row in enumerate(pred.scores):
-        lines.append(f"  {second}-{second + 1} s: " + ", ".join(f"{name} {score:.3f}" for name, score in top_classes(row, names, k)))
+        span = f"{second * step:g}-{(second + 1) * step:g} s"
+        lines.append(f"  {span}: " + ", ".join(f"{name} {score:.3f}" for name, score in top_classes(row, names, k)))
     return "\n".join(lines)
 
 

@@ -108,6 +108,8 @@ class AudioMambaClassifier(nn.Module):
         else:
             raise ValueError(f"head must be 'aum' or 'ssamba', got {head!r}")
         self.seconds = None
+        self.seconds_per_label = seconds_per_label if task == "per_second" else None
+        """Seconds of audio per predicted label (per-second task), None for clip classification."""
         if task == "per_second":
             if seconds_per_label <= 0:
                 raise ValueError(f"seconds_per_label must be positive, got {seconds_per_label}")

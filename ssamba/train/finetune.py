@@ -11,7 +11,8 @@ examples:
   torchrun --standalone --nproc_per_node=4 -m ssamba finetune --config configs/finetune/audioset.yaml ...
 
 The run directory (run.dir) receives config.yaml, checkpoints/, metrics.jsonl, tb/ (tensorboard
---logdir RUN/tb), predictions/, model/ (the selected classifier, `ssamba.load_classifier(RUN/model)`)
+--logdir RUN/tb), predictions/ (per-epoch scores; test-selected.npz: the selected model's test scores,
+targets, clip paths and class names), model/ (the selected classifier, `ssamba.load_classifier(RUN/model)`)
 and results.json (validation numbers of the selected epoch and ONE test evaluation). With data.folds=K
 each fold runs in RUN/fold-<k>/ and RUN/results.json holds every fold and the mean and spread.
 """
@@ -59,6 +60,8 @@ CHECKPOINT_VERSION = 1
 CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.json"
 PREDICTIONS_DIR = "predictions"
+SELECTED_TEST_PREDICTIONS = "test-selected.npz"
+"""In PREDICTIONS_DIR: the selected model's test scores, targets, clip paths and class names."""
 EPOCH_WEIGHTS_DIR = "epochs"
 MODEL_DIR = "model"
 WA_MODEL_DIR = "model-weight-average"
@@ -169,6 +172,32 @@ def plan_folds(cfg: FinetuneConfig, data) -> list[FoldPlan]:
                 raise ConfigError("train.select=best in cross-validation holds out data.valid_fraction of the training folds: set it > 0")
         plans.append(FoldPlan(f"fold-{name}", train, valid, data.select(held)))
     return plans
+
+
+def background_noise_folder(cfg: FinetuneConfig) -> Path | None:
+    """``augment.background_noise.dir``, a relative path resolved against the manifest's folder; None when off."""
+    noise = cfg.augment.background_noise
+    if noise is None:
+        return None
+    folder = Path(noise.dir).expanduser()
+    if folder.is_absolute():
+        return folder
+    manifest = Path(cfg.data.manifest)
+    return (manifest if manifest.is_dir() else manifest.parent) / folder
+
+
+def load_background_noise(cfg: FinetuneConfig):  # -> BackgroundNoise | None
+    """The noise recordings of ``augment.background_noise``, decoded once and checked before training."""
+    from ssamba.audio.augment import BackgroundNoise
+
+    folder = background_noise_folder(cfg)
+    if folder is None:
+        return None
+    noise = cfg.augment.background_noise
+    try:
+        return BackgroundNoise.from_folder(folder, cfg.features.sample_rate, probability=noise.probability, snr_db=noise.snr_db)
+    except ValueError as error:
+        raise ConfigError(f"augment.background_noise.dir: {error}") from None
 
 
 def balanced_weights(data) -> np.ndarray:
@@ -385,11 +414,16 @@ class Predictions:
     mask: np.ndarray | None = None
     """Per-second task: (N, S) seconds that carry a label."""
     loss: float = math.nan
+    paths: np.ndarray | None = None
+    """(N,) str: each item's audio file (per-second task: the file of its rows), when recorded."""
+    classes: np.ndarray | None = None
+    """(C,) str: the class of each score column, when recorded."""
 
     def save(self, path: Path) -> None:
         arrays = {"index": self.index, "scores": self.scores, "targets": self.targets, "loss": np.array(self.loss)}
-        if self.mask is not None:
-            arrays["mask"] = self.mask
+        for name in ("mask", "paths", "classes"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, **arrays)
         tmp.replace(path)
@@ -397,7 +431,13 @@ class Predictions:
     @classmethod
     def load(cls, path: Path) -> Predictions:
         with np.load(path, allow_pickle=False) as f:
-            return cls(f["index"], f["scores"], f["targets"], f["mask"] if "mask" in f else None, float(f["loss"]))
+            optional = {name: f[name] if name in f else None for name in ("mask", "paths", "classes")}
+            return cls(f["index"], f["scores"], f["targets"], loss=float(f["loss"]), **optional)
+
+    def with_sources(self, dataset, classes: list[str]) -> Predictions:
+        """These predictions with the audio file of each item of ``dataset`` and the class names."""
+        paths = np.array([str(dataset.clip(int(i)).path) for i in self.index], dtype=np.str_)
+        return dataclasses.replace(self, paths=paths, classes=np.array(classes, dtype=np.str_))
 
     def flat(self) -> tuple[np.ndarray, np.ndarray]:
         """(scores, targets) as (items, classes): per-second outputs flattened over the labelled seconds."""
@@ -519,6 +559,8 @@ class Context:
     data: Any
     """The whole LabelledSet (class list, multi-label flag)."""
     run_dir: Path
+    background_noise: Any = None
+    """:class:`~ssamba.audio.augment.BackgroundNoise` mixed into training clips (reseeded per epoch), or None."""
 
 
 def make_dataset(cfg: FinetuneConfig, subset):
@@ -591,6 +633,13 @@ def train_fold(ctx: Context, plan: FoldPlan, resume: str, progress: bool) -> dic
             f"{sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f} M trainable parameters, "
             f"{info.world_size} x {info.device.type}, run dir {run_dir}"
         )
+        if ctx.background_noise is not None:
+            noise = ctx.background_noise
+            logger.message(
+                f"background noise: {len(noise.recordings)} recordings ({noise.samples / cfg.features.sample_rate:.1f} s) from "
+                f"{noise.source}, mixed into {100 * noise.probability:g} % of training clips at "
+                f"{noise.snr_db[0]:g} to {noise.snr_db[1]:g} dB SNR"
+            )
 
         # 3. epochs: train, predict on valid (and test when an ensemble needs every epoch), checkpoint
         deadline = None if cfg.train.max_minutes is None else time.monotonic() + 60.0 * cfg.train.max_minutes
@@ -647,6 +696,8 @@ def train_epoch(
     epoch_seed = derive_seed(cfg.run.seed, "epoch", state.epoch, info.rank, state.batches_in_epoch)
     seed_everything(epoch_seed)  # drop path
     augment = BatchAugment(cfg, epoch_seed)
+    if ctx.background_noise is not None:  # draws per (epoch, clip): the same after a resume, in any worker
+        train_set.wave_transform = ctx.background_noise.reseeded(derive_seed(cfg.run.seed, "background_noise", state.epoch))
     sampler = EpochSampler(
         len(train_set), rank=info.rank, world_size=info.world_size, seed=derive_seed(cfg.run.seed, "train"), epoch=state.epoch,
         shuffle=True, weights=weights, start=state.batches_in_epoch * cfg.data.batch_size,
@@ -874,6 +925,9 @@ def final_results(
         state.skipped["test"] = skipped
         test_scores = score_predictions(pred, data.multilabel, data.classes)
         results["test"] = test_scores
+        if info.is_main:
+            (run_dir / PREDICTIONS_DIR).mkdir(parents=True, exist_ok=True)
+            pred.with_sources(test_set, data.classes).save(run_dir / PREDICTIONS_DIR / SELECTED_TEST_PREDICTIONS)
         logger.log(state.step, "test", scalar_scores(test_scores))
         logger.message(f"selected epoch {selected} ({rule}): test acc {test_scores['accuracy']:.4f} mAP {test_scores['mAP']:.4f}")
     if info.is_main:
@@ -967,10 +1021,11 @@ def finetune(cfg: FinetuneConfig, resume: str = "never", progress: bool = True) 
     """Run (or continue) fine-tuning as configured; returns what RUN/results.json holds."""
     data = read_data(cfg)
     plans = plan_folds(cfg, data)  # every data problem is raised here, before any training
+    background_noise = load_background_noise(cfg)
     info = init_distributed(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_minutes, single_process_group=cfg.dist.engine == "deepspeed")
     try:
         run_dir = Path(cfg.run.dir)
-        ctx = Context(cfg, info, data, run_dir)
+        ctx = Context(cfg, info, data, run_dir, background_noise)
         fold_results = []
         for plan in plans:
             result = train_fold(ctx, plan, resume, progress)
@@ -1022,10 +1077,13 @@ def main(args: argparse.Namespace) -> int:
         cfg = load_finetune_config(args.config, args.overrides)
         if args.dry_run:
             plans = plan_folds(cfg, read_data(cfg))
+            background_noise = load_background_noise(cfg)
             print(cfg.to_yaml(), end="")
             for plan in plans:
                 sizes = ", ".join(f"{name} {len(part) if part is not None else 0}" for name, part in (("train", plan.train), ("valid", plan.valid), ("test", plan.test)))
                 print(f"# {plan.name or 'run'}: {sizes} clips")
+            if background_noise is not None:
+                print(f"# background noise: {len(background_noise.recordings)} recordings from {background_noise.source}")
             return 0
         finetune(cfg, resume=args.resume, progress=not args.no_progress)
     except ConfigError as error:

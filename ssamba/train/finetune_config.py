@@ -101,6 +101,25 @@ class FinetuneDataConfig:
 
 
 @dataclass
+class BackgroundNoiseConfig:
+    """Recordings mixed into training waveforms before the fbank (Speech Commands' ``_background_noise_``).
+
+    No SSAST/AST/SSAMBA recipe mixes these recordings (their ``noise`` is :attr:`AugmentSection.noise`);
+    the defaults are the dataset owners' reference trainer (TensorFlow ``speech_commands/train.py``,
+    ``--background_frequency=0.8``) for the share of clips, and audiomentations' ``AddBackgroundNoise``
+    range (3 to 30 dB) for the SNR, since the reference scales by volume, not SNR.
+    """
+
+    dir: str = ""
+    """Folder of noise recordings (any audio format, any rate; read recursively). A relative path
+    resolves against the manifest's folder, as the manifest's clip paths do. Required."""
+    probability: float = 0.8
+    """Share of training clips that get noise."""
+    snr_db: tuple[float, float] = (3.0, 30.0)
+    """[low, high]: the SNR in dB is drawn uniformly from this range, per clip."""
+
+
+@dataclass
 class AugmentSection:
     """Training-time augmentation (off at evaluation)."""
 
@@ -113,6 +132,8 @@ class AugmentSection:
     mixup_alpha: float = 10.0
     noise: bool = False
     """SSAST's noise: uniform noise scaled by U(0, 0.1), then a circular time roll of [-10, 9] frames."""
+    background_noise: BackgroundNoiseConfig | None = None
+    """Mix recorded background noise into training waveforms (:class:`BackgroundNoiseConfig`); null: off."""
 
 
 @dataclass
@@ -257,6 +278,26 @@ def _build_model(values: Any) -> FinetuneModelConfig:
     return cfg
 
 
+def _build_augment(values: Any) -> AugmentSection:
+    """The augment section; ``background_noise`` is a nested mapping (or null)."""
+    if not isinstance(values, dict):
+        return _build(AugmentSection, values, "augment")
+    values = dict(values)
+    noise = values.pop("background_noise", None)
+    section = _build(AugmentSection, values, "augment")
+    if noise is not None:
+        section.background_noise = _build(BackgroundNoiseConfig, noise, "augment.background_noise")
+        background = section.background_noise
+        _require(bool(background.dir), "augment.background_noise.dir: required (a folder of noise recordings), "
+                 "or set augment.background_noise=null")
+        _require(0.0 <= background.probability <= 1.0,
+                 f"augment.background_noise.probability: a probability in [0, 1], got {background.probability}")
+        low, high = background.snr_db
+        _require(math.isfinite(low) and math.isfinite(high) and low <= high,
+                 f"augment.background_noise.snr_db: expected [low, high] in dB with low <= high, got {[low, high]}")
+    return section
+
+
 def _check_ranges(cfg: FinetuneConfig) -> None:
     positive = {
         "data.batch_size": cfg.data.batch_size,
@@ -340,7 +381,7 @@ def build_finetune_config(values: dict[str, Any]) -> FinetuneConfig:
         model=_build_model(values.get("model")),
         features=_build(FeatureConfig, values.get("features"), "features"),
         data=_build(FinetuneDataConfig, values.get("data"), "data"),
-        augment=_build(AugmentSection, values.get("augment"), "augment"),
+        augment=_build_augment(values.get("augment")),
         optim=_build(FinetuneOptimConfig, values.get("optim"), "optim"),
         schedule=_build(FinetuneScheduleConfig, values.get("schedule"), "schedule"),
         train=_build(FinetuneTrainConfig, values.get("train"), "train"),
