@@ -20,8 +20,9 @@
 #      drop digital silence and clips under 0.3 s, tag each clip with its source and kind
 #   4  optional synthetic top-up (--tts-hours, --music-hours)
 #   5  leakage check: source allow-list + probe clip fingerprints; fails the build on a leak;
-#      writes $DATA/<variant>/train.csv and eval.csv (2% of source files held out)
-#   6  ssamba shards -> $DATA/<variant>/shards/{train,eval}
+#      writes $DATA/<variant>/train-{speech,music,environmental}.csv and eval.csv (2% of source
+#      files held out)
+#   6  ssamba shards -> $DATA/<variant>/shards/{speech,music,environmental,eval}
 #   7  report hours per source and per kind ($DATA/<variant>/report.json)
 set -euo pipefail
 . "$(dirname "$0")/../../shell/env.sh"
@@ -83,9 +84,12 @@ if run_stage 5; then
 fi
 if run_stage 6; then
     echo "stage 6: shards -> $DATA/$variant/shards"
-    for split in train eval; do
-        ssamba shards manifest "$DATA/$variant/$split.csv" -o "$DATA/$variant/shards/$split" --workers "$WORKERS"
+    for kind in speech music environmental; do
+        manifest="$DATA/$variant/train-$kind.csv"
+        [ -f "$manifest" ] || continue
+        ssamba shards manifest "$manifest" -o "$DATA/$variant/shards/$kind" --workers "$WORKERS"
     done
+    ssamba shards manifest "$DATA/$variant/eval.csv" -o "$DATA/$variant/shards/eval" --workers "$WORKERS"
 fi
 if run_stage 7; then
     echo "stage 7: report"

@@ -11,8 +11,8 @@ examples:
 Layout under --data: ``debs/`` (apt-get download), ``raw/<package>/`` (dpkg -x, plus ``_archives/`` for
 zip files inside packages), ``<variant>/clips/<origin>/...flac`` (16 kHz mono 16-bit FLAC, files longer
 than 10 s cut into 10 s segments, digital silence and clips under 0.3 s dropped), ``<variant>/parts/
-<origin>.csv`` (one per finished source: reruns skip it), ``<variant>/train.csv`` + ``eval.csv`` (the
-manifests for ``ssamba shards manifest``; columns path, origin, kind, source_path, duration,
+<origin>.csv`` (one per finished source: reruns skip it), ``<variant>/train-<kind>.csv`` + ``eval.csv``
+(the manifests for ``ssamba shards manifest``, one per kind so the pretraining can weight the mix; columns path, origin, kind, source_path, duration,
 fingerprint) and ``<variant>/report.json`` (hours per source and kind).
 """
 
@@ -342,15 +342,22 @@ def all_rows(data: Path, variant: str) -> list[dict[str, str]]:
 
 
 def check(data: Path, variant: str, probe_manifests: list[Path]) -> None:
-    """Leakage check over every converted clip, then write ``train.csv`` and ``eval.csv``."""
+    """Leakage check over every converted clip, then write the per-kind train manifests and ``eval.csv``."""
     rows = all_rows(data, variant)
     prints = leakage.probe_fingerprints(probe_manifests)
     corpus = [leakage.CorpusRow(r["path"], r["origin"], r["source_path"], r["fingerprint"]) for r in rows]
     checked = leakage.check_corpus(corpus, prints)
     print(f"check: {checked} corpus clips against {len(prints)} probe clips from {len(probe_manifests)} "
           f"manifests and the source allow-list: no leak")
-    _write_rows(data / variant / "train.csv", [r for r in rows if not _is_eval(r)])
+    train = [r for r in rows if not _is_eval(r)]
     _write_rows(data / variant / "eval.csv", [r for r in rows if _is_eval(r)])
+    for kind in KINDS:
+        kind_rows = [r for r in train if r["kind"] == kind]
+        target = data / variant / f"train-{kind}.csv"
+        if kind_rows:
+            _write_rows(target, kind_rows)
+        elif target.exists():
+            target.unlink()
 
 
 def report(data: Path, variant: str) -> dict[str, object]:
