@@ -114,7 +114,7 @@ if run_stage 3; then
     steps=$(python -c "import sys; print(max(1, round(float(sys.argv[1]) * float(sys.argv[2]))))" "$budget" "$steps_per_minute")
     overrides=(run.dir="$EXP/run" "data.train_shards={$mix}" data.eval_shards="$corpus/shards/eval" train.max_minutes="$budget")
     if [ "$model_size" = cpu ]; then
-        overrides+=(train.max_steps="$steps")
+        overrides+=(train.max_steps="$steps" schedule.warmup_steps="$(( steps / 10 < 200 ? (steps / 10 > 0 ? steps / 10 : 1) : 200 ))")
     else
         overrides+=(train.epochs=null train.max_steps=null)
     fi

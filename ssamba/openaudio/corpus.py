@@ -166,10 +166,17 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def convert(data: Path, variant: str, workers: int) -> None:
-    """Convert every package of ``variant`` (resumable per package: ``parts/<package>.csv``)."""
+def convert(data: Path, variant: str, workers: int, only: Iterable[str] | None = None) -> None:
+    """Convert every package of ``variant`` (or those named in ``only``; resumable per package:
+    ``parts/<package>.csv``)."""
     out = data / variant
-    for package in packages_for(variant):
+    chosen = packages_for(variant)
+    if only:
+        unknown = set(only) - {p.name for p in chosen}
+        if unknown:
+            raise ValueError(f"packages not in the {variant} corpus: {', '.join(sorted(unknown))}")
+        chosen = tuple(p for p in chosen if p.name in set(only))
+    for package in chosen:
         part = out / "parts" / f"{package.name}.csv"
         if part.exists():
             continue
@@ -400,6 +407,7 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--music-hours", type=float, default=0.0, help="topup: rendered MIDI music hours")
     parser.add_argument("--probes", type=Path, nargs="*", default=[],
                         help="check: probe manifests (CSV) or folders searched for manifest.csv")
+    parser.add_argument("--packages", nargs="+", default=None, help="unpack/convert: only these packages")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     packages = packages_for(args.variant)
@@ -412,10 +420,10 @@ def _main(argv: list[str] | None = None) -> int:
                 names += sorted(BANK_PACKAGES)
             fetch(args.data, names)
         elif args.step == "unpack":
-            for package in tqdm(packages, desc="unpack"):
+            for package in tqdm([p for p in packages if not args.packages or p.name in args.packages], desc="unpack"):
                 unpack(args.data, package)
         elif args.step == "convert":
-            convert(args.data, args.variant, args.workers)
+            convert(args.data, args.variant, args.workers, args.packages)
         elif args.step == "topup":
             topup_tts(args.data, args.variant, args.tts_hours, args.seed)
             topup_music(args.data, args.variant, args.music_hours, args.seed)

@@ -121,7 +121,7 @@ class Reservation:
     why: str = field(default="", compare=False)
 
     def matches(self, origin: str, rel_path: str) -> bool:
-        if not re.fullmatch(self.origin_pattern, origin):
+        if not re.fullmatch(self.origin_pattern, origin, flags=re.IGNORECASE):
             return False
         return self.path_pattern is None or re.search(self.path_pattern, rel_path) is not None
 
