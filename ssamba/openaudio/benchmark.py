@@ -117,22 +117,24 @@ def summarise(probe_dir: Path, *, run: Path | None, corpus_report: Path | None,
 
 
 def run_facts(run: Path) -> dict[str, Any]:
-    """Steps, clips seen and wall time of a pretraining run (from its metrics.jsonl)."""
+    """Steps, clips seen (steps x batch x accumulation, one process) and wall time of a pretraining run."""
+    import yaml
+
     from ssamba.train.metrics import read_metrics
 
     records = [r for r in read_metrics(run / "metrics.jsonl") if r.get("split") == "train"]
     if not records:
         return {"steps": 0, "clips_seen": 0, "wall_time_s": 0.0}
-    last = records[-1]
-    evals = [r for r in read_metrics(run / "metrics.jsonl") if r.get("split") == "eval"]
-    facts = {
-        "steps": int(last["step"]),
-        "clips_seen": int(last.get("clips_seen", 0)),
-        "wall_time_s": round(float(last.get("elapsed_s", last["time"] - records[0]["time"])), 1),
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    steps = int(records[-1]["step"])
+    facts: dict[str, Any] = {
+        "steps": steps,
+        "clips_seen": steps * int(config["data"]["batch_size"]) * int(config["optim"].get("accumulate", 1)),
+        "wall_time_s": round(float(records[-1]["time"]) - (run / "config.yaml").stat().st_mtime, 1),
     }
+    evals = [r for r in read_metrics(run / "metrics.jsonl") if r.get("split") == "eval"]
     if evals:
-        facts["eval_acc_first_last"] = [round(float(evals[0].get("acc", float("nan"))), 4),
-                                        round(float(evals[-1].get("acc", float("nan"))), 4)]
+        facts["eval_acc_first_last"] = [round(float(evals[0]["acc"]), 4), round(float(evals[-1]["acc"]), 4)]
     return facts
 
 

@@ -140,10 +140,9 @@ def _convert_task(task: tuple[str, str, str, str, str]) -> tuple[list[dict[str, 
     if origin in LONG_FILE_MUSIC_PACKAGES and len(audio) >= LONG_FILE_MUSIC_SECONDS * render.SAMPLE_RATE:
         kind = MUSIC
     rows = []
-    stem = Path(rel).with_suffix("").as_posix()
-    for index, piece in segments(audio):
+    for index, piece in segments(audio):  # the source's extension stays in the name: a.ogg and a.wav both exist
         pcm = render.quantize(piece)
-        out = Path(clips) / origin / f"{stem}_{index:03d}.flac"
+        out = Path(clips) / origin / f"{rel}_{index:03d}.flac"
         render.write_clip(out, pcm)
         rows.append({"path": out.relative_to(Path(clips).parent).as_posix(), "origin": origin, "kind": kind,
                      "source_path": rel, "duration": round(len(pcm) / render.SAMPLE_RATE, 4),
@@ -151,11 +150,11 @@ def _convert_task(task: tuple[str, str, str, str, str]) -> tuple[list[dict[str, 
     return rows, None
 
 
-def _write_rows(path: Path, rows: list[dict[str, object]]) -> None:
+def _write_rows(path: Path, rows: list[dict[str, object]], fields: tuple[str, ...] = MANIFEST_FIELDS) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS)
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(path)
@@ -356,13 +355,16 @@ def check(data: Path, variant: str, probe_manifests: list[Path]) -> None:
     checked = leakage.check_corpus(corpus, prints)
     print(f"check: {checked} corpus clips against {len(prints)} probe clips from {len(probe_manifests)} "
           f"manifests and the source allow-list: no leak")
+    for row in rows:  # short shard keys (tar member names are limited to 100 characters)
+        row["key"] = f"{row['origin']}-{leakage.hashlib.sha1(row['path'].encode()).hexdigest()[:16]}"
+    fields = ("key", *MANIFEST_FIELDS)
     train = [r for r in rows if not _is_eval(r)]
-    _write_rows(data / variant / "eval.csv", [r for r in rows if _is_eval(r)])
+    _write_rows(data / variant / "eval.csv", [r for r in rows if _is_eval(r)], fields)
     for kind in KINDS:
         kind_rows = [r for r in train if r["kind"] == kind]
         target = data / variant / f"train-{kind}.csv"
         if kind_rows:
-            _write_rows(target, kind_rows)
+            _write_rows(target, kind_rows, fields)
         elif target.exists():
             target.unlink()
 
