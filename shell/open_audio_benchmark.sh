@@ -19,7 +19,8 @@
 #                       the released full-length configs (configs/pretrain/ssamba-<size>-400.yaml: 24
 #                       layers, 10.24 s input, 400 masks); for a GPU, e.g. --budget 480 --probe-device cuda
 #   --steps-per-minute  sets train.max_steps = budget x rate, the length of the cosine schedule of the
-#                       cpu config (default 40, a quiet 2-core machine; measure yours on a short run)
+#                       cpu config (default 40: an estimate from the demo's quiet-machine throughput,
+#                       not a measurement; measure yours on a short run and pass it)
 #   --tiny-probes       a few clips per task (tests; the numbers mean nothing)
 #   -- key=value ...    extra `ssamba pretrain` overrides (e.g. data.batch_size=32)
 #
@@ -118,6 +119,8 @@ if run_stage 3; then
     else
         overrides+=(train.epochs=null train.max_steps=null)
     fi
+    # compile the fused CPU kernels first, so the wall-clock budget is spent training (a no-op once built)
+    [ "$model_size" != cpu ] || ssamba build
     ssamba pretrain --config "$config" --resume auto "${overrides[@]}" "${extra[@]}"
 fi
 
