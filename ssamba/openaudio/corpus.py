@@ -54,15 +54,15 @@ TINY_MAX_FILES = 60
 
 
 def fetch(data: Path, packages: Iterable[str]) -> None:
-    """``apt-get download`` the packages not yet in ``data/debs`` (no installation)."""
-    render.require_tools(["apt-get"])
+    """``apt-get download`` the packages neither in ``data/debs`` nor unpacked yet (no installation)."""
     debs = data / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     have = {p.name.split("_", 1)[0] for p in debs.glob("*.deb")}
-    missing = [name for name in packages if name not in have]
+    missing = [name for name in packages if name not in have and not (data / "raw" / name / ".unpacked").exists()]
     if not missing:
-        print(f"fetch: all packages already in {debs}")
+        print(f"fetch: all packages already in {debs} or unpacked")
         return
+    render.require_tools(["apt-get"])
     print(f"fetch: apt-get download {' '.join(missing)}")
     done = subprocess.run(["apt-get", "download", *missing], cwd=debs, check=False, timeout=3600)
     if done.returncode != 0:
