@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import multiprocessing
 import os
@@ -336,7 +337,7 @@ def topup_music(data: Path, variant: str, hours: float, seed: int = 0, minutes_p
 
 
 def _is_eval(row: dict[str, str]) -> bool:
-    digest = leakage.hashlib.sha1(f"{row['origin']}/{row['source_path']}".encode()).hexdigest()
+    digest = hashlib.sha1(f"{row['origin']}/{row['source_path']}".encode()).hexdigest()
     return int(digest[:8], 16) % 100 < EVAL_PERCENT
 
 
@@ -356,7 +357,7 @@ def check(data: Path, variant: str, probe_manifests: list[Path]) -> None:
     print(f"check: {checked} corpus clips against {len(prints)} probe clips from {len(probe_manifests)} "
           f"manifests and the source allow-list: no leak")
     for row in rows:  # short shard keys (tar member names are limited to 100 characters)
-        row["key"] = f"{row['origin']}-{leakage.hashlib.sha1(row['path'].encode()).hexdigest()[:16]}"
+        row["key"] = f"{row['origin']}-{hashlib.sha1(row['path'].encode()).hexdigest()[:16]}"
     fields = ("key", *MANIFEST_FIELDS)
     train = [r for r in rows if not _is_eval(r)]
     _write_rows(data / variant / "eval.csv", [r for r in rows if _is_eval(r)], fields)
