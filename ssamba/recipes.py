@@ -161,12 +161,54 @@ def results_table(recipe: RecipeInfo, results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def build_parser(recipe: RecipeInfo | None = None) -> argparse.ArgumentParser:
-    name = recipe.name if recipe else "<dataset>"
+def macro_accuracy(true: list[str], predicted: list[str]) -> float:
+    """Mean over the classes present in ``true`` of the share of their clips predicted right (DCASE's metric)."""
+    classes = sorted(set(true))
+    per_class = [sum(p == c for t, p in zip(true, predicted) if t == c) / sum(t == c for t in true) for c in classes]
+    return sum(per_class) / len(per_class)
+
+
+def device_table(devices: list[str], true: list[str], predicted: list[str]) -> str:
+    """DCASE's table: macro class accuracy overall and per recording device (real a-c, simulated s1-s6)."""
+    names = sorted(set(devices), key=lambda d: (d[0] == "s", d))
+    cells = {"all": macro_accuracy(true, predicted)}
+    for device in names:
+        pick = [i for i, d in enumerate(devices) if d == device]
+        cells[device] = macro_accuracy([true[i] for i in pick], [predicted[i] for i in pick])
+    header = "".join(f"{name:>8}" for name in cells)
+    return "macro class accuracy (%) by device\n" + header + "\n" + "".join(f"{100 * v:>8.2f}" for v in cells.values())
+
+
+def dcase_device_report(model_dir: Path, manifest: Path) -> str:
+    """Score the selected classifier (``RUN/model``) on the manifest's test clips, clip by clip."""
+    import torch
+
+    from ssamba.data.labelled import read_labelled
+    from ssamba.interop.classifier import load_classifier
+    from ssamba.interop.predict import predict_file
+
+    model = load_classifier(model_dir)
+    test = read_labelled(manifest).subset(split="test")
+    devices, true, predicted, skipped = [], [], [], 0
+    for clip in test.clips:
+        try:
+            scores = predict_file(model, clip.path, torch.device("cpu")).scores
+        except ValueError:
+            skipped += 1
+            continue
+        devices.append(clip.path.stem.rsplit("-", 1)[-1])
+        true.append(clip.labels[0])
+        predicted.append(model.classes[int(scores.argmax())])
+    if not true:
+        raise RecipeError(f"{manifest}: no readable test clip to score")
+    return device_table(devices, true, predicted) + (f"\n({skipped} unreadable test clips skipped)" if skipped else "")
+
+
+def build_parser(recipe: RecipeInfo) -> argparse.ArgumentParser:
+    name = recipe.name
     parser = argparse.ArgumentParser(
         prog=f"shell/finetune_{name}.sh",
-        description=(f"{recipe.title}: {recipe.protocol}.\nConfig: configs/finetune/{name}.yaml; data from "
-                     f"finetune/{name}/prepare.sh." if recipe else __doc__.split("\n", 1)[0]),
+        description=f"{recipe.title}: {recipe.protocol}.\nConfig: configs/finetune/{name}.yaml; data from finetune/{name}/prepare.sh.",
         epilog=(f"examples:\n  shell/finetune_{name}.sh --pretrained exported/ssamba-tiny --data data/{name}\n"
                 f"  shell/finetune_{name}.sh --pretrained amba_base_400.pth --nproc-per-node 4 optim.lr=5e-5\n"
                 f"  shell/finetune_{name}.sh --pretrained none --model-size tiny      # random-init control"),
@@ -189,8 +231,10 @@ def build_parser(recipe: RecipeInfo | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in RECIPES:
-        print(f"usage: python -m ssamba.recipes {{{','.join(RECIPES)}}} --pretrained PATH [options]", file=sys.stderr)
-        return 2
+        asked = bool(argv) and argv[0] in ("-h", "--help")
+        print(f"usage: python -m ssamba.recipes {{{','.join(RECIPES)}}} --pretrained PATH [options]\n\n{__doc__}",
+              file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     recipe = RECIPES[argv[0]]
     args = build_parser(recipe).parse_args(argv[1:])
     args.data = args.data or Path("data") / recipe.name
@@ -220,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print()
     print(results_table(recipe, json.loads(results_path.read_text(encoding="utf-8"))))
+    if recipe.name == "dcase2025_task1":
+        print(dcase_device_report(run_dir / "model", manifest))
     print(f"\nresults: {results_path}")
     return 0
 

@@ -168,9 +168,19 @@ def test_weight_average_is_the_mean_of_epoch_weights(single_run: Path) -> None:
     assert results["weight_average"]["epochs"] == [1, 2] and "test" in results["weight_average"]
 
 
-def test_multilabel_run_with_augmentation(multi_label: Path, tmp_path: Path) -> None:
-    results = run(multi_label, tmp_path / "run", "train.epochs=1", "augment.freqm=8", "augment.timem=16",
+def test_multilabel_run_with_augmentation_skips_bad_clips(multi_label: Path, tmp_path: Path) -> None:
+    import soundfile
+
+    (multi_label.parent / "broken.wav").write_bytes(b"not audio")
+    soundfile.write(multi_label.parent / "silent.wav", np.zeros(8000), 16000)
+    with multi_label.open() as handle:
+        rows = list(csv.DictReader(handle))
+    rows += [{"path": "broken.wav", "label": "tone;odd", "split": "train"}, {"path": "silent.wav", "label": "chirp;even", "split": "valid"}]
+    manifest = write_manifest(tmp_path / "with_bad.csv", [{**r, "path": str(multi_label.parent / r["path"])} for r in rows])
+    results = run(manifest, tmp_path / "run", "train.epochs=1", "augment.freqm=8", "augment.timem=16",
                   "augment.mixup=0.5", "augment.noise=true", "data.balanced_sampling=true", "optim.head_lr=3")
+    assert results["skipped_clips"] == {"train": 1, "valid": 1, "test": 0}  # skipped and counted, never relabelled
+    assert results["valid"]["clips"] == results["clips"]["valid"] - 1
     assert results["multilabel"] and len(results["classes"]) == len(CLIP_KINDS) + 2
     assert results["selection"]["metric"] == "mAP" and 0.0 <= results["test"]["mAP"] <= 1.0
     assert ssamba.load_classifier(tmp_path / "run" / "model").activation == "sigmoid"
@@ -269,6 +279,10 @@ def test_dry_run_prints_config_and_plan(single_label: Path, capsys: pytest.Captu
     assert cli_main(["finetune", "--config", str(BASE), *TINY, f"data.manifest={single_label}", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "pretrained: none" in out and "# run: train 12, valid 4, test 8 clips" in out
+    for command in ("finetune", "predict"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main([command, "--help"])
+        assert exit_info.value.code == 0 and "examples:" in capsys.readouterr().out
 
 
 def test_config_errors_name_the_key(single_label: Path) -> None:
@@ -398,3 +412,31 @@ def test_pretraining_checkpoint_into_classifier_with_other_length_and_stride(tmp
             assert torch.equal(model.encoder.state_dict()[name], value), name
     with torch.no_grad():
         assert model(torch.randn(2, 100, MEL)).shape == (2, 3)
+
+
+# ------------------------------------------------------------------------------------ multi-process (slow)
+
+
+@pytest.mark.slow
+def test_two_processes_fine_tune_and_gather_predictions(single_label: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ssamba", "finetune",
+               "--config", str(BASE), "--no-progress", *TINY, f"data.manifest={single_label}", f"run.dir={run_dir}",
+               "train.loss=ce", "train.metric=acc", "optim.accumulate=2", "data.batch_size=2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    valid = Predictions.load(run_dir / "predictions" / "valid-epoch-002.npz")
+    assert valid.index.tolist() == [0, 1, 2, 3]  # both processes' shares gathered, in clip order
+    # the gathered test scores equal a single-process evaluation of the exported model
+    model = ssamba.load_classifier(run_dir / "model")
+    from ssamba.data.labelled import LabelledAudioDataset
+
+    data = read_labelled(single_label).subset(split="test")
+    dataset = LabelledAudioDataset(data, model.features)
+    with torch.no_grad():
+        scores = model(torch.stack([dataset[i]["fbank"] for i in range(len(dataset))])).softmax(-1).numpy()
+    assert results["test"]["mAP"] == pytest.approx(classification_scores(scores, data.targets(), multilabel=False)["mAP"], abs=1e-6)

@@ -181,3 +181,19 @@ def test_window_readout_averages_windows_by_columns(encoder_dir: Path, tmp_path:
     (tmp_path / "m.csv").write_text("path,label\nlong.wav,x\n")
     run = embed_set(read_labelled(tmp_path / "m.csv"), windows, EmbeddingCache(None, windows.space), batch_size=2, progress=False)
     torch.testing.assert_close(torch.from_numpy(run.vectors[0]), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_probe_reads_ssast_json_lists_per_split(clips, tmp_path: Path) -> None:
+    root, rows = clips
+    mids = {"chirp": "/m/c", "noise": "/m/n", "tone": "/m/t"}
+    (tmp_path / "class_labels_indices.csv").write_text("index,mid,display_name\n0,/m/t,Tone\n1,/m/n,Noise\n2,/m/c,Chirp\n")
+    for split in ("train", "test"):
+        chosen = [r for r, s in zip(rows, _splits(rows)) if s == split]
+        entries = [{"wav": str(root / p), "labels": mids[label]} for p, label in chosen]
+        (tmp_path / f"{split}.json").write_text(json.dumps({"data": entries}))
+    report = _probe("--manifest", f"train={tmp_path / 'train.json'}", "--manifest", f"test={tmp_path / 'test.json'}",
+                    "--class-table", str(tmp_path / "class_labels_indices.csv"), "--encoder", "logmel", "--no-cache",
+                    "--output", str(tmp_path / "r.json"))
+    assert report["classes"] == ["/m/t", "/m/n", "/m/c"] and report["clips"] == 18
+    (evaluation,) = report["encoders"][0]["evaluations"]
+    assert evaluation["train_clips"] == 12 and "valid" not in evaluation and evaluation["test"]["accuracy"] == 1.0

@@ -185,3 +185,159 @@ def test_every_readme_names_the_source_of_each_published_number(name):
     assert rows, f"{name}: empty published-number table"
     for row in rows:
         assert row[header.index("source")], f"{name}: a published number without its source: {row}"
+
+
+# ------------------------------------------------------------------------ the other datasets
+
+
+def test_audioset_20k_prepare_counts_missing_clips(tmp_path):
+    source = trees.make_audioset(tmp_path / "download")
+    out = tmp_path / "as20k"
+    rows = prepare("audioset_20k", source, out)
+    assert len(rows) == 10  # 2 x 6 segments, one video per list not downloaded: counted, not fatal
+    report = json.loads((out / "prepare.json").read_text())
+    assert any("2 of 12 segments' clips" in w for w in report["warnings"])
+    first = next(r for r in rows if r["group"] == "-b00_abcdef")
+    assert (first["split"], first["label"]) == ("train", "/m/09x0r;/t/dd00088")
+    assert {r["split"] for r in rows} == {"train", "test"}
+    check_prepared(out, rows)
+
+
+def test_audioset_20k_truncated_segment_file_is_an_error(tmp_path):
+    source = trees.make_audioset(tmp_path / "download")
+    lines = (source / "eval_segments.csv").read_text().splitlines()
+    (source / "eval_segments.csv").write_text("\n".join(lines[:-2]) + "\n")
+    result = run_script("finetune/audioset_20k/prepare.sh", source, tmp_path / "out", "--partial", check=False)
+    assert result.returncode == 1 and "the header declares 6" in result.stderr
+
+
+def test_voxceleb1_prepare_iden_split(tmp_path):
+    source = trees.make_voxceleb1(tmp_path / "download")
+    out = tmp_path / "vox1"
+    rows = prepare("voxceleb1", source, out)
+    lines = (source / "iden_split.txt").read_text().split("\n")
+    assert len(rows) == 15 and {r["label"] for r in rows} == {"id10001", "id10002", "id10003"}
+    split_of = {"1": "train", "2": "valid", "3": "test"}
+    expected = {line.split()[1]: split_of[line.split()[0]] for line in lines if line}
+    assert {"/".join(Path(r["path"]).parts[-3:]): r["split"] for r in rows} == expected
+    assert all(r["group"] == Path(r["path"]).parts[-2] for r in rows)  # videos stay in one split here
+    check_prepared(out, rows)
+
+
+def test_iemocap_prepare_four_classes_by_session(tmp_path):
+    source = trees.make_iemocap(tmp_path / "download")
+    out = tmp_path / "iemocap"
+    rows = prepare("iemocap", source, out)
+    # per dialog: neu, hap, exc->hap, ang, sad kept; fru, xxx dropped
+    assert len(rows) == 5 * 2 * 5
+    assert (out / "classes.txt").read_text().split() == ["ang", "hap", "neu", "sad"]
+    exc = next(r for r in rows if r["path"].endswith("Ses01F_impro01_F002.wav"))
+    assert (exc["label"], exc["fold"], exc["group"]) == ("hap", "1", "Ses01F")
+    scripted = next(r for r in rows if r["path"].endswith("Ses03M_script02_2_M001.wav"))
+    assert (scripted["fold"], scripted["group"]) == ("3", "Ses03M")
+    check_prepared(out, rows)
+
+
+def test_vggsound_prepare_headerless_csv(tmp_path):
+    source = trees.make_vggsound(tmp_path / "download")
+    out = tmp_path / "vggsound"
+    rows = prepare("vggsound", source, out)
+    assert len(rows) == 7  # one of 8 videos not downloaded
+    assert {r["label"] for r in rows} == {"people marching", "heart sounds, heartbeat"}
+    assert [r["split"] for r in rows].count("test") == 2
+    check_prepared(out, rows)
+
+
+def test_epic_sounds_prepare_segments_of_long_files(tmp_path):
+    source = trees.make_epic_sounds(tmp_path / "download")
+    out = tmp_path / "epic"
+    rows = prepare("epic_sounds", source, out)
+    assert list(rows[0]) == ["path", "label", "split", "group", "start", "end"]
+    assert len(rows) == 12 and {r["path"] for r in rows} == {"audio/P01_11.flac", "audio/P01_12.flac", "audio/P02_03.flac"}
+    second = rows[1]
+    assert (second["label"], second["start"], second["end"]) == ("ceramic / wood collision", "0.600", "1.000")
+    assert {r["split"] for r in rows if r["group"] == "P02_03"} == {"test"}
+    assert soundfile.info(str(out / "audio/P01_11.flac")).duration == pytest.approx(3.5, abs=1e-3)
+    check_prepared(out, rows)
+
+
+def test_dcase2025_prepare_split25_and_test(tmp_path):
+    source = trees.make_dcase2025(tmp_path / "download")
+    out = tmp_path / "dcase"
+    rows = prepare("dcase2025_task1", source, out)
+    assert len(rows) == 21 and {r["label"] for r in rows} == set(trees.DCASE_SCENES)
+    train = [r for r in rows if r["split"] == "train"]
+    assert all("vienna" not in r["group"] and not r["path"].endswith("-s4.flac") for r in train)
+    assert {Path(r["path"]).stem.rsplit("-", 1)[1] for r in rows if r["split"] == "test"} == {"a", "b", "s4"}
+    check_prepared(out, rows)
+
+
+def test_urban8k_per_second_concatenations(tmp_path):
+    source = trees.make_urbansound8k(tmp_path / "download", folds=10)
+    out = tmp_path / "urban"
+    rows = prepare("urban8k_per_second", source, out)
+    assert list(rows[0]) == ["path", "label", "fold", "group", "start", "end"]
+    assert {r["fold"] for r in rows} == {str(k) for k in range(1, 11)}
+    fold1 = [r for r in rows if r["fold"] == "1"]
+    assert {r["path"] for r in fold1} == {"audio/fold1/concat_000.flac"}
+    # clips of 0.5, 1.5, 2.0 and 1.2 s occupy 1, 2, 2 and 2 whole seconds, back to back
+    spans = sorted((float(r["start"]), float(r["end"])) for r in fold1)
+    assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:])) and spans[-1][1] == 7
+    assert soundfile.info(str(out / "audio/fold1/concat_000.flac")).frames == 7 * 16000
+    assert prepare("urban8k_per_second", source, tmp_path / "again") == rows  # the shuffle is seeded
+    check_prepared(out, rows)
+
+
+@pytest.mark.slow
+def test_urban8k_per_second_launcher_two_steps_of_one_fold(tmp_path):
+    source = trees.make_urbansound8k(tmp_path / "download", folds=10)
+    data = tmp_path / "urban"
+    prepare("urban8k_per_second", source, data)
+    encoder = tiny_export(tmp_path / "encoder")
+    # fold 1 is the test split; 9 training recordings minus 10 % valid -> 8, batch 4: two steps
+    result = run_script("shell/finetune_urban8k_per_second.sh", "--pretrained", encoder, "--data", data, "--exp-dir",
+                        tmp_path / "exp", "--fold", "1", "features.num_mel_bins=32", "features.target_length=800",
+                        "train.epochs=1", "data.batch_size=4", "data.num_workers=0")
+    results = json.loads((tmp_path / "exp" / "fold-1" / "results.json").read_text())
+    assert results["clips"]["test"] == 4 and results["test"]["accuracy"] is not None
+    assert "UrbanSound8K 60 s concatenations" in result.stdout
+
+
+@pytest.mark.slow
+def test_dcase2025_launcher_two_steps_and_device_table(tmp_path):
+    data = tmp_path / "dcase"
+    prepare("dcase2025_task1", trees.make_dcase2025(tmp_path / "download"), data)
+    encoder = tiny_export(tmp_path / "encoder", frames=100)
+    result = run_script("shell/finetune_dcase2025_task1.sh", "--pretrained", encoder, "--data", data, "--exp-dir",
+                        tmp_path / "exp", "features.num_mel_bins=32", "train.epochs=1", "data.batch_size=5",
+                        "data.num_workers=0", "schedule.warmup_steps=1")
+    assert "macro class accuracy (%) by device" in result.stdout
+    assert re.search(r"all\s+a\s+b\s+s4", result.stdout)
+
+
+LAUNCH_CASES = {  # dataset: (fake tree, batch size giving two training steps, extra overrides)
+    "speechcommands_v2": (trees.make_speechcommands, 6, []),
+    "speechcommands_v1": (trees.make_speechcommands, 6, []),
+    "audioset_20k": (trees.make_audioset, 2, ["features.target_length=128", "train.weight_average=null"]),
+    "voxceleb1": (trees.make_voxceleb1, 5, ["features.target_length=128"]),
+    "iemocap": (trees.make_iemocap, 18, ["features.target_length=128", "optim.accumulate=1"]),
+    "vggsound": (trees.make_vggsound, 2, ["features.target_length=128"]),
+    "epic_sounds": (trees.make_epic_sounds, 2, ["features.target_length=128", "schedule.warmup_steps=1"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(LAUNCH_CASES))
+def test_launcher_two_steps(tmp_path, name):
+    make, batch, extra = LAUNCH_CASES[name]
+    data = tmp_path / name
+    prepare(name, make(tmp_path / "download"), data)
+    fold = ["--fold", "1"] if RECIPES[name].folds else []
+    result = run_script(f"shell/finetune_{name}.sh", "--pretrained", tiny_export(tmp_path / "encoder"), "--data", data,
+                        "--exp-dir", tmp_path / "exp", *fold, "features.num_mel_bins=32", "train.epochs=1",
+                        f"data.batch_size={batch}", "data.num_workers=0", "train.log_every=1", *extra)
+    run = tmp_path / "exp" / ("fold-1" if fold else "")
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in steps) == 2
+    assert json.loads((run / "results.json").read_text())["test"]["accuracy"] is not None
+    assert RECIPES[name].title in result.stdout

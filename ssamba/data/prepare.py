@@ -65,8 +65,9 @@ class Item:
     ``source`` is the owners' file; ``target`` the path under OUT_DIR its 16 kHz FLAC copy gets
     (several items may share one source and target: segments of one long recording). ``labels``
     are the owners' class names (several for multi-label sets; for per-second sets one per second,
-    in time order). ``audio`` may hold a ready 16 kHz waveform (recipes that build their clips,
-    such as the Urban8k concatenations) instead of a source file.
+    in time order). ``make_audio`` (a picklable zero-argument callable returning a 16 kHz mono
+    float32 waveform) replaces ``source`` for recipes that build their clips, such as the Urban8k
+    concatenations; it runs in the audio stage's worker processes.
     """
 
     source: Path | None
@@ -77,7 +78,7 @@ class Item:
     group: str = ""
     start: float | None = None
     end: float | None = None
-    audio: np.ndarray | None = field(default=None, compare=False, repr=False)
+    make_audio: Callable[[], np.ndarray] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ class Recipe:
     """Frames the statistics pad/cut each clip to (the recipe's fine-tuning input length)."""
     stats_splits: tuple[str, ...] = ("train", "")
     """Rows whose ``split`` is one of these enter the statistics ("" = rows without a split)."""
+    whole_file_stats: bool = False
+    """Statistics over whole files (once per file) instead of the rows' segments (per-second sets)."""
     extra_audio: Callable[[Path, Path], None] | None = None
     """Called with (SOURCE_DIR, OUT_DIR) in the audio stage for files that are not manifest rows
     (e.g. Speech Commands' background noise, written with :func:`write_flac_copy`)."""
@@ -193,11 +196,13 @@ def _write_atomic_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _convert(job: tuple[str | None, str, np.ndarray | None]) -> tuple[str, str | None]:
+def _convert(job: tuple[str | None, str, Callable[[], np.ndarray] | None]) -> tuple[str, str | None]:
     """Write one 16 kHz mono FLAC; returns (target, error or None)."""
-    source, target, audio = job
+    source, target, make_audio = job
     try:
-        if audio is None:
+        if make_audio is not None:
+            audio = make_audio()
+        else:
             samples, rate, _ = decode_file(source)
             audio = resample(samples, rate, TARGET_SAMPLE_RATE)
         if audio.size == 0:
@@ -222,19 +227,19 @@ def prepare_audio(items: list[Item], out_dir: Path, *, copy_audio: bool, workers
     from tqdm import tqdm
 
     resolved: dict[str, str] = {}
-    jobs: list[tuple[str | None, str, np.ndarray | None]] = []
+    jobs: list[tuple[str | None, str, Callable[[], np.ndarray] | None]] = []
     seen: set[str] = set()
     for item in items:
         if item.target in seen:
             continue
         seen.add(item.target)
         destination = out_dir / item.target
-        if item.audio is None and not copy_audio and item.source is not None and _in_place(item.source):
+        if item.make_audio is None and not copy_audio and item.source is not None and _in_place(item.source):
             resolved[item.target] = str(item.source.resolve())
         elif destination.is_file():
             resolved[item.target] = item.target
         else:
-            jobs.append((None if item.source is None else str(item.source), str(destination), item.audio))
+            jobs.append((None if item.source is None else str(item.source), str(destination), item.make_audio))
     errors: dict[str, str] = {}
     if jobs:
         pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
@@ -257,6 +262,19 @@ def prepare_audio(items: list[Item], out_dir: Path, *, copy_audio: bool, workers
 
 def _seconds(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
+
+
+def groups_or_blank(items: list[Item], checks: Checks, unit: str) -> list[Item]:
+    """``items`` unchanged if no group crosses a split; otherwise groups blanked, with a warning.
+
+    For datasets whose owners do not promise that ``unit`` stays inside one split."""
+    homes: dict[str, str] = {}
+    crossing = [i.group for i in items if i.group and homes.setdefault(i.group, i.split) != i.split]
+    if not crossing:
+        return items
+    checks.warn(f"{len(set(crossing))} {unit}s appear in more than one split (e.g. {crossing[0]}); "
+                "the manifest gets no group column")
+    return [replace(item, group="") for item in items]
 
 
 def check_groups(items: Sequence[Item]) -> None:
@@ -434,6 +452,8 @@ def _run(recipe: Recipe, args: argparse.Namespace) -> int:
         print(f"stage 3 stats: {stats_path} is up to date (mean {previous['mean']:.4f}, std {previous['std']:.4f})")
     else:
         train = [item for item in kept if item.split in recipe.stats_splits]
+        if recipe.whole_file_stats:
+            train = [replace(item, start=None, end=None) for item in {i.target: i for i in train}.values()]
         features = replace(FeatureConfig(), target_length=recipe.target_length)
         stats = manifest_stats(train, paths, out_dir, features, args.stats_clips)
         stats["manifest_digest"] = digest
@@ -448,7 +468,7 @@ def _existing_paths(items: Sequence[Item], out_dir: Path) -> dict[str, str]:
     for item in items:
         if (out_dir / item.target).is_file():
             paths[item.target] = item.target
-        elif item.source is not None and item.audio is None and _in_place(item.source):
+        elif item.source is not None and item.make_audio is None and _in_place(item.source):
             paths[item.target] = str(item.source.resolve())
     if not paths:
         raise PrepareError(f"{out_dir}: no prepared audio; run stage 1 first")

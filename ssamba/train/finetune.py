@@ -198,7 +198,10 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         order = order.tolist()
         if pad and size % world_size:
             order += order[: world_size - size % world_size]
-        self.indices = order[rank::world_size][start:]
+        mine = order[rank::world_size]
+        self.epoch_size = len(mine)
+        """This process's indices in the whole epoch (``start`` not counted off)."""
+        self.indices = mine[start:]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
@@ -516,7 +519,6 @@ class Context:
     data: Any
     """The whole LabelledSet (class list, multi-label flag)."""
     run_dir: Path
-    logger: MetricsLogger | None = None
 
 
 def make_dataset(cfg: FinetuneConfig, subset):
@@ -547,7 +549,9 @@ def train_fold(ctx: Context, plan: FoldPlan, resume: str, progress: bool) -> dic
     results_path = run_dir / RESULTS_FILE
     checkpoints = CheckpointManager(run_dir, keep_last=1)
     if resume == "auto" and results_path.is_file():
-        return json.loads(results_path.read_text(encoding="utf-8"))  # this fold finished before
+        finished = json.loads(results_path.read_text(encoding="utf-8"))
+        if len(finished["history"]) == cfg.train.epochs:
+            return finished  # this fold finished before (with as many epochs as now asked for)
     resume_path = find_resume(resume, checkpoints)
 
     # 1. data and model
@@ -575,7 +579,8 @@ def train_fold(ctx: Context, plan: FoldPlan, resume: str, progress: bool) -> dic
     batches_per_epoch = math.ceil(len(train_set) / info.world_size / cfg.data.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.optim.accumulate)
     total_steps = cfg.train.epochs * steps_per_epoch
-    logger = MetricsLogger(run_dir, enabled=info.is_main, start_step=state.step, total_steps=total_steps, progress=progress)
+    logger = MetricsLogger(run_dir, enabled=info.is_main, start_step=state.step, total_steps=total_steps, progress=progress,
+                           desc=f"finetune {plan.name}".strip())
     weights = balanced_weights(plan.train) if cfg.data.balanced_sampling else None
     try:
         if resume_path is not None:
@@ -647,6 +652,9 @@ def train_epoch(
         shuffle=True, weights=weights, start=state.batches_in_epoch * cfg.data.batch_size,
     )
     loader = make_loader(train_set, sampler, cfg.data.batch_size, cfg.data.num_workers)
+    epoch_batches = math.ceil(sampler.epoch_size / cfg.data.batch_size)
+    if engine.name == "deepspeed":  # DeepSpeed steps after every `accumulate` micro-batches: drop a partial rest
+        epoch_batches -= epoch_batches % cfg.optim.accumulate
     model.train()
     if cfg.model.freeze_encoder:
         model.encoder.eval()
@@ -658,7 +666,8 @@ def train_epoch(
     batches = iter(loader)
     wait_start = time.perf_counter()
     while True:
-        batch = next(batches, END_OF_EPOCH)  # None: collate dropped every clip of the batch as unusable
+        # None: collate dropped every clip of the batch as unusable
+        batch = next(batches, END_OF_EPOCH) if state.batches_in_epoch < epoch_batches else END_OF_EPOCH
         last = batch is END_OF_EPOCH
         usable = all_reduce(torch.tensor([float(not last and batch is not None)]), op=torch.distributed.ReduceOp.MIN)
         if usable.item():
