@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Open-audio benchmark: does masked-patch pretraining learn? One command, one machine.
+#
+# usage: ./shell/open_audio_benchmark.sh [--budget MINUTES] [--model-size cpu|tiny|small|base]
+#            [--variant full|lean|tiny] [--seeds "0 1 2"] [--layer all|last|N] [--pooling mean|cls|both]
+#            [--tasks "A B C"] [--steps-per-minute R] [--probe-device cpu|cuda] [--tiny-probes]
+#            [--data DIR] [--exp DIR] [--stage N] [--stop-stage N] [-- key=value ...]
+#
+# 1. prepares what is missing: the probe tasks A, B, C (finetune/open_audio_probes/*/prepare.sh) and
+#    the pretraining corpus (pretrain/open_audio/prepare.sh, leakage-checked against the probes);
+# 2. pretrains for a fixed wall-clock budget (--budget minutes; a rerun resumes the same run);
+# 3. exports the encoder and runs `ssamba probe` on A, B, C for the pretrained encoder, the same
+#    architecture at random init and the log-mel baseline, for each seed;
+# 4. prints one table (test accuracy %, mean ± std over seeds) and writes $EXP/open_audio.json and .md.
+#
+#   --model-size cpu    configs/pretrain/open-audio-cpu.yaml (8-layer ssamba-tiny width, 3.04 s crops;
+#                       the CPU reference: --budget 60 on 2 cores)
+#   --model-size tiny|small|base
+#                       the released full-length configs (configs/pretrain/ssamba-<size>-400.yaml: 24
+#                       layers, 10.24 s input, 400 masks); for a GPU, e.g. --budget 480 --probe-device cuda
+#   --steps-per-minute  sets train.max_steps = budget x rate, the length of the cosine schedule of the
+#                       cpu config (default 40: an estimate from the demo's quiet-machine throughput,
+#                       not a measurement; measure yours on a short run and pass it)
+#   --tiny-probes       a few clips per task (tests; the numbers mean nothing)
+#   -- key=value ...    extra `ssamba pretrain` overrides (e.g. data.batch_size=32)
+#
+# stages: 1 probe tasks, 2 corpus, 3 pretrain, 4 export, 5 probes, 6 table
+#
+#   ./shell/open_audio_benchmark.sh --budget 60                                  # CPU reference run
+#   ./shell/open_audio_benchmark.sh --budget 480 --model-size small --probe-device cuda --exp exp/oa-small
+set -euo pipefail
+. "$(dirname "$0")/env.sh"
+cd "$SSAMBA_ROOT"
+
+budget=60
+model_size=cpu
+variant=full
+seeds="0 1 2"
+layer=all
+pooling=mean
+tasks="A B C"
+steps_per_minute=40
+probe_device=cpu
+tiny_probes=0
+DATA="${DATA:-data/open_audio}"
+EXP="${EXP:-exp/open_audio}"
+stage=1
+stop_stage=6
+extra=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --budget) budget="$2"; shift 2 ;;
+        --model-size) model_size="$2"; shift 2 ;;
+        --variant) variant="$2"; shift 2 ;;
+        --seeds) seeds="$2"; shift 2 ;;
+        --layer) layer="$2"; shift 2 ;;
+        --pooling) pooling="$2"; shift 2 ;;
+        --tasks) tasks="$2"; shift 2 ;;
+        --steps-per-minute) steps_per_minute="$2"; shift 2 ;;
+        --probe-device) probe_device="$2"; shift 2 ;;
+        --tiny-probes) tiny_probes=1; shift ;;
+        --data) DATA="$2"; shift 2 ;;
+        --exp) EXP="$2"; shift 2 ;;
+        --stage) stage="$2"; shift 2 ;;
+        --stop-stage) stop_stage="$2"; shift 2 ;;
+        --) shift; extra=("$@"); break ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+case "$model_size" in
+    cpu) config=configs/pretrain/open-audio-cpu.yaml ;;
+    tiny|small|base) config="configs/pretrain/ssamba-$model_size-400.yaml" ;;
+    *) echo "--model-size must be cpu, tiny, small or base, got $model_size" >&2; exit 2 ;;
+esac
+case "$variant" in full|lean|tiny) ;; *) echo "--variant must be full, lean or tiny" >&2; exit 2 ;; esac
+probes="$DATA/probes"
+probe_opts_A=() probe_opts_B=() probe_opts_C=()
+if [ "$tiny_probes" = 1 ]; then
+    probes="$DATA/probes-tiny"
+    probe_opts_A=(--notes 3 --programs-per-family 2) probe_opts_B=(--max-per-class 6) probe_opts_C=(--phrases 3 --renders 4)
+fi
+corpus="$DATA/$variant"
+run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
+started=$(date +%s)
+
+if run_stage 1; then
+    echo "== stage 1: probe tasks ($tasks) -> $probes"
+    for task in $tasks; do
+        case "$task" in
+            A) finetune/open_audio_probes/A_instrument/prepare.sh --data "$DATA" --out "$probes/A_instrument" "${probe_opts_A[@]}" ;;
+            B) finetune/open_audio_probes/B_foley/prepare.sh --data "$DATA" --out "$probes/B_foley" "${probe_opts_B[@]}" ;;
+            C) finetune/open_audio_probes/C_keywords/prepare.sh --data "$DATA" --out "$probes/C_keywords" "${probe_opts_C[@]}" ;;
+            *) echo "unknown task $task (A, B or C)" >&2; exit 2 ;;
+        esac
+    done
+fi
+
+if run_stage 2; then
+    echo "== stage 2: corpus ($variant) -> $corpus"
+    variant_flag=()
+    [ "$variant" = full ] || variant_flag=("--$variant")
+    pretrain/open_audio/prepare.sh "${variant_flag[@]}" --data "$DATA" --probes "$probes"
+fi
+
+if run_stage 3; then
+    echo "== stage 3: pretrain $config for $budget min -> $EXP/run"
+    mix=""
+    for kind_weight in speech:0.4 music:0.35 environmental:0.25; do
+        kind="${kind_weight%%:*}"
+        [ -f "$corpus/shards/$kind/index.json" ] || continue
+        mix="${mix:+$mix, }$corpus/shards/$kind: ${kind_weight##*:}"
+    done
+    [ -n "$mix" ] || { echo "no corpus shards under $corpus/shards (run stage 2)" >&2; exit 1; }
+    steps=$(python -c "import sys; print(max(1, round(float(sys.argv[1]) * float(sys.argv[2]))))" "$budget" "$steps_per_minute")
+    overrides=(run.dir="$EXP/run" "data.train_shards={$mix}" data.eval_shards="$corpus/shards/eval" train.max_minutes="$budget")
+    if [ "$model_size" = cpu ]; then
+        overrides+=(train.max_steps="$steps" schedule.warmup_steps="$(( steps / 10 < 200 ? (steps / 10 > 0 ? steps / 10 : 1) : 200 ))")
+    else
+        overrides+=(train.epochs=null train.max_steps=null)
+    fi
+    # compile the fused CPU kernels first, so the wall-clock budget is spent training (a no-op once built)
+    [ "$model_size" != cpu ] || ssamba build
+    ssamba pretrain --config "$config" --resume auto "${overrides[@]}" "${extra[@]}"
+fi
+
+if run_stage 4; then
+    echo "== stage 4: export -> $EXP/export"
+    ssamba export "$EXP/run" "$EXP/export" --overwrite
+fi
+
+if run_stage 5; then
+    echo "== stage 5: probes (seeds $seeds, layer $layer, pooling $pooling) -> $EXP/probe"
+    rm -rf "$EXP/probe"
+    # shellcheck disable=SC2086
+    python -m ssamba.openaudio.benchmark probes --export "$EXP/export" --probes "$probes" --out "$EXP/probe" \
+        --seeds $seeds --tasks $tasks --layer "$layer" --pooling "$pooling" --device "$probe_device"
+fi
+
+if run_stage 6; then
+    echo "== stage 6: table"
+    extra_json=$(python -c 'import json, sys; print(json.dumps({"config": sys.argv[1], "budget_minutes": float(sys.argv[2]), "readout": {"layer": sys.argv[3], "pooling": sys.argv[4]}, "variant": sys.argv[5], "benchmark_wall_time_s": int(sys.argv[6])}))' \
+        "$config" "$budget" "$layer" "$pooling" "$variant" "$(( $(date +%s) - started ))")
+    python -m ssamba.openaudio.benchmark summarise --probe-dir "$EXP/probe" --run "$EXP/run" \
+        --corpus-report "$corpus/report.json" --json "$EXP/open_audio.json" --markdown "$EXP/open_audio.md" \
+        --extra "$extra_json"
+fi
