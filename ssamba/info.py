@@ -3,6 +3,7 @@
 examples:
   ssamba info
   SSAMBA_SCAN=ref ssamba info      # see which backend an override selects
+  ssamba info --device cuda        # which scan CUDA tensors get (cuda, else triton, else chunked) and why
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 import ssamba
 from ssamba.models.fused_scan import fused_kernel_isas
-from ssamba.models.scan import backend_status, resolve_backend
+from ssamba.models.scan import backend_status, explain_default_backend, resolve_backend
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,5 +38,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"  {name:<10} {detail}")
     override = os.environ.get("SSAMBA_SCAN")
     chosen = resolve_backend(None, device)
-    print(f"scan on {device.type:<5} {chosen}" + (f" (from SSAMBA_SCAN={override})" if override else " (automatic)"))
+    why = f"from SSAMBA_SCAN={override}" if override else "automatic: " + explain_default_backend(device)[1]
+    print(f"scan on {device.type:<5} {chosen} ({why})")
     return 0
