@@ -1,8 +1,6 @@
 """Triton kernels of the selective scan (Mamba-1); the autograd wrapper is ``ssamba.models.triton_scan``.
 
-This module only defines ``@triton.jit`` functions. ``triton_scan`` loads it twice at most, once
-with ``TRITON_INTERPRET`` off (compiled kernels, CUDA tensors) and once with it on (the
-interpreter, CPU tensors), because Triton decides between the two when a function is decorated.
+This module only defines ``@triton.jit`` functions; ``triton_scan`` imports it on first use.
 
 Notation (all in *step* order: step ``s`` is time position ``s``, or ``L - 1 - s`` with ``REVERSE``)::
 
@@ -124,7 +122,7 @@ def _chunk_end_kernel(
     B = _load_state_tile(B_ptr, sB_b, sB_n, sB_t, batch, states, pos, mask_nt, DTYPE)
 
     total = tl.sum(dt, axis=1)
-    after = tl.maximum(total[:, None] - tl.cumsum(dt, axis=1), 0.0)  # dt summed over the later steps
+    after = total[:, None] - tl.cumsum(dt, axis=1)  # dt summed over the later steps
     weight = tl.exp2((A * LOG2_E)[:, :, None] * after[:, None, :])
     x = (dt * u)[:, None, :] * B[None, :, :]
     end = tl.sum(weight * x, axis=2)

@@ -13,15 +13,15 @@ The forward keeps only the state entering each chunk (1/CHUNK of the full (batch
 tensor, float32) and the backward recomputes the states inside each chunk from it.
 
 With ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors through Triton's interpreter
-(slow: for tests). Triton is imported on first use only; a CPU install without triton is unaffected.
+(slow: for tests). Triton fixes the mode when it is first imported (its own library functions are
+decorated then), so the variable must be set before that. Triton is imported on first use only;
+a CPU install without triton is unaffected.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
-import threading
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -32,6 +32,7 @@ __all__ = [
     "BLOCK_D",
     "CHUNK",
     "interpreter_enabled",
+    "kernels_interpreted",
     "triton_selective_scan",
     "triton_selective_scan_channels_last",
     "triton_status",
@@ -45,9 +46,7 @@ INTERPRET_ENV = "TRITON_INTERPRET"
 FORWARD_WARPS = 4
 BACKWARD_WARPS = 8
 
-_KERNELS_SOURCE = Path(__file__).resolve().parent / "triton_kernels.py"
-_lock = threading.Lock()
-_kernel_modules: dict[bool, ModuleType] = {}
+_KERNELS_MODULE = "ssamba.models.triton_kernels"
 
 
 def interpreter_enabled() -> bool:
@@ -65,46 +64,28 @@ def triton_status() -> str | None:
     return None
 
 
-def _kernels(interpret: bool) -> ModuleType:
-    """The kernel module, compiled (``interpret=False``) or for the interpreter; each loaded once.
-
-    Triton picks compiled or interpreted functions when they are decorated, from
-    ``TRITON_INTERPRET``; loading the module once per mode under that setting lets both coexist
-    in one process (e.g. GPU tests next to interpreter tests).
-    """
-    with _lock:
-        module = _kernel_modules.get(interpret)
-        if module is not None:
-            return module
-        name = "ssamba.models.triton_kernels" + ("_interpreted" if interpret else "")
-        previous = os.environ.get(INTERPRET_ENV)
-        os.environ[INTERPRET_ENV] = "1" if interpret else "0"
-        try:
-            spec = importlib.util.spec_from_file_location(name, _KERNELS_SOURCE)
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-        finally:
-            if previous is None:
-                os.environ.pop(INTERPRET_ENV, None)
-            else:
-                os.environ[INTERPRET_ENV] = previous
-        _kernel_modules[interpret] = module
-        return module
-
-
-def _kernels_for(device: torch.device) -> tuple[ModuleType, bool]:
-    """Kernels for tensors on ``device``: compiled for CUDA, interpreted with TRITON_INTERPRET=1."""
-    interpret = interpreter_enabled()
-    if device.type != "cuda" and not interpret:
+def _kernels_for(device: torch.device) -> ModuleType:
+    """The kernel module for tensors on ``device``: CUDA, or CPU through the interpreter."""
+    reason = triton_status()
+    if reason is not None:
+        raise RuntimeError(f"the triton selective scan is unavailable: {reason}")
+    if device.type != "cuda" and not interpreter_enabled():
         raise RuntimeError(
             f"the triton selective scan needs CUDA tensors, got tensors on {device} "
             f"(set {INTERPRET_ENV}=1 to run its kernels on CPU through Triton's interpreter)"
         )
-    reason = triton_status()
-    if reason is not None:
-        raise RuntimeError(f"the triton selective scan is unavailable: {reason}")
-    return _kernels(interpret), interpret
+    kernels = importlib.import_module(_KERNELS_MODULE)
+    if device.type != "cuda" and not kernels_interpreted():
+        raise RuntimeError(
+            f"{INTERPRET_ENV}=1 was set after triton was imported in this process; set it before "
+            "(e.g. in the environment of the process) to run the kernels on CPU tensors"
+        )
+    return kernels
+
+
+def kernels_interpreted() -> bool:
+    """Whether this process's triton kernels run in Triton's interpreter (imports triton)."""
+    return type(importlib.import_module(_KERNELS_MODULE)._forward_output_kernel).__name__ == "InterpretedFunction"
 
 
 def _channel_strides(t: Tensor, channels_last: bool) -> tuple[int, int, int]:
@@ -132,7 +113,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
                 delta_bias: Tensor | None, softplus: bool, reverse: bool, channels_last: bool, chunk: int, block_d: int) -> Tensor:
-        kernels, _ = _kernels_for(u.device)
+        kernels = _kernels_for(u.device)
         dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
         A_c = A.to(dtype).contiguous()
         D_c = None if D is None else D.to(dtype).contiguous()
@@ -178,7 +159,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         u, delta, A_c, B, C, D_c, z, bias_c, starts = ctx.saved_tensors
         softplus, reverse, channels_last, chunk, block_d, dtype = ctx.config
-        kernels, _ = _kernels_for(u.device)
+        kernels = _kernels_for(u.device)
         batch, n_chunks, dim, n_state = starts.shape
         length = u.shape[1] if channels_last else u.shape[2]
         block_n = _block_n(n_state)
@@ -279,8 +260,8 @@ def triton_selective_scan_channels_last(
     delta_softplus: bool = False,
     reverse: bool = False,
     *,
-    chunk: int = CHUNK,
-    block_d: int = BLOCK_D,
+    chunk: int | None = None,
+    block_d: int | None = None,
 ) -> Tensor:
     """Selective scan in the mixer's channel-last layout (semantics of mamba_ssm's ``selective_scan_fn``).
 
@@ -288,11 +269,12 @@ def triton_selective_scan_channels_last(
     (dim,). Any strides (views of projection outputs are read in place). With ``reverse`` the
     recurrence runs from the last step to the first; the output stays in input time order.
     Returns (batch, L, dim) in ``u``'s dtype; differentiable in every tensor. CUDA tensors, or
-    CPU tensors with ``TRITON_INTERPRET=1``. ``chunk`` and ``block_d`` (powers of two) set the tile.
+    CPU tensors with ``TRITON_INTERPRET=1``. ``chunk`` and ``block_d`` (powers of two) set the tile
+    (default :data:`CHUNK` and :data:`BLOCK_D`).
     """
     _check("triton_selective_scan_channels_last", True, u, delta, A, B, C, D, z, delta_bias)
     return _TritonSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(reverse), True,
-                                      chunk, block_d)
+                                      chunk or CHUNK, block_d or BLOCK_D)
 
 
 def triton_selective_scan(
@@ -307,8 +289,8 @@ def triton_selective_scan(
     delta_softplus: bool = False,
     reverse: bool = False,
     *,
-    chunk: int = CHUNK,
-    block_d: int = BLOCK_D,
+    chunk: int | None = None,
+    block_d: int | None = None,
 ) -> Tensor:
     """Selective scan in mamba_ssm's layout: u, delta, z (batch, dim, L); B, C (batch, N, L).
 
@@ -316,4 +298,4 @@ def triton_selective_scan(
     """
     _check("triton_selective_scan", False, u, delta, A, B, C, D, z, delta_bias)
     return _TritonSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(reverse), False,
-                                      chunk, block_d)
+                                      chunk or CHUNK, block_d or BLOCK_D)
