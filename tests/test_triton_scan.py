@@ -16,9 +16,11 @@ Tolerances (max |error| / max |reference| over each output and gradient):
   (a few x L x 2^-24, L <= 19 here) far below ``1e-5``, the tolerance of the other backends' tests.
 * bfloat16 / float16 inputs (A, D, bias float32 as the mixer passes them): compared with the float64
   reference on the same rounded inputs, so only the kernel's own error counts: float32
-  accumulation (L x 2^-24 ~ 1e-6, negligible) plus one rounding of each result or gradient to the
-  input dtype, at most half an ulp, eps/2 relative to the value and so at most eps/2 of the
-  maximum. The bound used is eps (2^-7 for bfloat16, 2^-10 for float16), a factor 2 of margin.
+  accumulation (L x 2^-24 ~ 1e-6, negligible) plus one conversion of each result or gradient to
+  the input dtype. On a GPU that rounds to nearest (half an ulp: at most eps/2 of the value, so of
+  the maximum); Triton's interpreter converts float32 to bfloat16 by truncation (up to one ulp:
+  eps). Bounds used: 1.5 eps for bfloat16 (eps = 2^-7) and eps for float16 (2^-10, rounded to
+  nearest by the interpreter too), at least 1.5x margin over the worst case.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from ssamba.models.triton_scan import triton_selective_scan, triton_selective_sc
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 TILE = {"chunk": 8, "block_d": 4}
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1.5 * 2.0**-7, torch.float16: 2.0**-10}
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
 INTERPRETER_ACTIVE = triton_scan.interpreter_enabled() and triton_scan.kernels_interpreted()
 SUBPROCESS_TIMEOUT_S = 900
