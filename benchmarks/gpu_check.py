@@ -418,7 +418,7 @@ def stage_pretrain(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
     base = ["--config", str(REPO / "configs/pretrain/demo-tiny.yaml"), f"run.dir={run_dir}",
             f"data.train_shards={data / 'shards/train'}", f"data.eval_shards={data / 'shards/eval'}",
             "train.max_minutes=null", "train.log_every=1", f"train.save_every={first // 2}", f"train.eval_every={first // 2}",
-            "data.num_workers=2", "--no-progress", "--resume", "auto"]
+            "data.num_workers=2"]
     if args.cpu_smoke:
         base += ["model.depth=2", "model.embed_dim=32", "data.batch_size=2"]
     runs = []
@@ -427,7 +427,7 @@ def stage_pretrain(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
         if remaining < 5:
             runs.append({"max_steps": steps, "status": "budget"})
             break
-        command = [sys.executable, "-m", "ssamba", "pretrain", *base, f"train.max_steps={steps}"]
+        command = [sys.executable, "-m", "ssamba", "pretrain", *base, f"train.max_steps={steps}", "--no-progress", "--resume", "auto"]
         begin = time.perf_counter()
         try:
             run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=remaining)
@@ -443,7 +443,7 @@ def stage_pretrain(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
     ok = len(runs) == 2 and all(r["status"] == "ok" for r in runs) and runs[1]["resumed"] and bool(train) and train[-1]["step"] == total
     return {"status": "ok" if ok else "failed", "runs": runs, "last_step": train[-1]["step"] if train else None,
             "loss_first_last": [train[0]["loss"], train[-1]["loss"]] if train else None,
-            "command": "ssamba pretrain " + shlex.join(base[:-3])}
+            "command": "ssamba pretrain " + shlex.join(base) + " train.max_steps=N --resume auto"}
 
 
 def stage_efficiency(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
