@@ -43,13 +43,13 @@ BENCHMARKS = REPO / "benchmarks"
 MIB = 2**20
 
 STAGE_BUDGETS_S: dict[str, float] = {
-    "env": 30,
+    "env": 20,
     "mamba_ssm": 240,
-    "tests": 75,
-    "parity": 45,
-    "scan_speed": 50,
-    "train_step": 140,
-    "pretrain": 70,
+    "tests": 60,
+    "parity": 35,
+    "scan_speed": 45,
+    "train_step": 120,
+    "pretrain": 60,
     "efficiency": 110,
 }
 """Per-stage time budgets on one H100 (the default stages add up to under 8 minutes without mamba_ssm)."""
@@ -65,7 +65,7 @@ TARGET_STEP_VS_CUDA = 1.3
 CLAIM_TOKENS = 22528  # 22k tokens (a multiple of the 8 frequency rows)
 CLAIM_SPEEDUP = 13.7
 CLAIM_MEMORY = 21.0
-EFFICIENCY_SIZES = (1024, 4096, 8192, 16384, CLAIM_TOKENS, 32768)
+EFFICIENCY_SIZES = (2048, 8192, CLAIM_TOKENS, 32768)
 TRAIN_BATCH = 8
 
 
@@ -617,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(DEFAULT_STAGES), help="stages to run, in order (default: all)")
     parser.add_argument("--out-dir", type=Path, default=Path(os.environ.get("OUT") or "gpu_check_out"),
                         help="where gpu_check.json/.md go (default: $OUT, else ./gpu_check_out)")
-    parser.add_argument("--total-minutes", type=float, default=8.0, help="no stage starts once this is used up (default: %(default)s)")
+    parser.add_argument("--total-minutes", type=float, default=7.6, help="no stage starts once this is used up (default: %(default)s)")
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply every stage budget (default: %(default)s)")
     parser.add_argument("--mamba-ssm-archive", help="mamba-ssm source archive (.tar.gz) to build for this GPU before the comparisons")
     parser.add_argument("--cpu-smoke", action="store_true", help="every stage at tiny sizes on CPU (triton via TRITON_INTERPRET=1)")

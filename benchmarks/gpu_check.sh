@@ -10,8 +10,8 @@
 #
 # Writes OUT_DIR/gpu_check.json and OUT_DIR/gpu_check.md (updated after every stage). Extra
 # arguments go to benchmarks/gpu_check.py (--help lists them). A hard wall-clock limit
-# (GPU_CHECK_TIMEOUT_S, default 470 s) stops everything; the files keep the finished stages.
+# (GPU_CHECK_TIMEOUT_S, default 475 s) stops everything; the files keep the finished stages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec timeout --kill-after=10 "${GPU_CHECK_TIMEOUT_S:-470}" python benchmarks/gpu_check.py "$@"
+exec timeout --kill-after=10 "${GPU_CHECK_TIMEOUT_S:-475}" python benchmarks/gpu_check.py "$@"
