@@ -9,6 +9,9 @@
 #   set e.g. SSAMBA_TORCH="torch --index-url https://download.pytorch.org/whl/cu124" for CUDA).
 # - Installs ssamba itself in editable mode with the `dev` extra, only when setup.cfg or
 #   requirements.txt changed since the last install.
+# - Compiles the fused C++ CPU kernels once (`ssamba build`, a few minutes) into torch's
+#   extension cache ($TORCH_EXTENSIONS_DIR), again only when their sources or that cache path
+#   change; without a C++ compiler it says so and the `chunked` scan is used.
 # Set SSAMBA_NO_VENV=1 to use the current interpreter as is (no venv, no installs).
 
 SSAMBA_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,5 +37,12 @@ if [ "${SSAMBA_NO_VENV:-0}" != "1" ]; then
         echo "[ssamba] installing ssamba (editable, dev extra)" >&2
         python -m pip install -q -e "$SSAMBA_ROOT[dev]" || return 1 2>/dev/null || exit 1
         echo "$want" > "$stamp"
+    fi
+    kernel_stamp="$SSAMBA_VENV/.ssamba-kernels-built"
+    kernel_want="$(cat "$SSAMBA_ROOT"/ssamba/models/csrc/* | cksum) ${TORCH_EXTENSIONS_DIR:-default}"
+    if [ ! -f "$kernel_stamp" ] || [ "$(cat "$kernel_stamp")" != "$kernel_want" ]; then
+        echo "[ssamba] building the fused C++ CPU kernels (once; \`ssamba build\` redoes it)" >&2
+        ssamba build >&2 || echo "[ssamba] continuing without the fused kernels (the 'chunked' scan is used)" >&2
+        echo "$kernel_want" > "$kernel_stamp"
     fi
 fi

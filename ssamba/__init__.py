@@ -1,12 +1,21 @@
 """ssamba: self-supervised audio representation learning with bidirectional Mamba encoders.
 
-The public API is imported lazily, so `import ssamba` and the command line stay fast.
+The public API is imported lazily, so `import ssamba` and the command line stay fast; `dir(ssamba)`
+lists it, and type checkers and IDEs see it through the imports under ``TYPE_CHECKING``.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ssamba.audio.fbank import FeatureConfig, fbank, normalize
+    from ssamba.audio.io import load_audio
+    from ssamba.data.stream import make_loader
+    from ssamba.interop.checkpoints import load_encoder, load_pretraining_model
+    from ssamba.models.encoder import AudioMambaEncoder, EncoderConfig, available_presets, preset_config
+    from ssamba.models.masked import MaskedPatchModel, ObjectiveConfig, PretrainOutput
 
 __version__ = "0.1.0"
 
@@ -35,3 +44,8 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'ssamba' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public API and the module's dunder attributes (not its private helpers or imports)."""
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__") and name.endswith("__"))})

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 # command name -> module implementing it
 COMMANDS: dict[str, str] = {
     "info": "ssamba.info",
+    "build": "ssamba.models.build",
     "shards": "ssamba.data.shards",
     "stats": "ssamba.data.stats",
     "pretrain": "ssamba.train.pretrain",

@@ -8,10 +8,15 @@ Usage with the HEAR evaluation kit::
 training checkpoint, official SSAMBA or AuM file). Audio is 16 kHz, cut into 10 s windows as
 in :mod:`ssamba.interop.embed`. Timestamp embeddings are the patch tokens averaged over frequency,
 one per time column of the frequency-major token grid, stamped with the true centre (ms) of the
-column's receptive field; they are evenly spaced by ``tstride x 10 ms`` (160 ms for the released
-16x16-stride models). ``load_model(path, hop_ms=50)`` sets the time stride to the largest whole number
-of 10 ms frames not above ``hop_ms`` (5 frames = 50 ms), adapting the position embedding as
-SSAMBA's fine-tuning does. Scene embeddings are the clip embeddings of ``ssamba embed``.
+column's receptive field; they are evenly spaced by ``tstride x 10 ms``. HEAR recommends a hop of at
+most 50 ms, and its runner calls ``load_model(path)`` with no other argument, so by default
+(``hop_ms=50``) the time stride becomes the largest whole number of 10 ms frames not above 50 ms
+(5 frames; a checkpoint whose stride is already that fine keeps it), adapting the position
+embedding as SSAMBA's fine-tuning does. The first stamp stays the first column's true centre
+(87.5 ms for 16-frame patches), which the validator notes as later than one hop (a warning, not an
+error). ``hop_ms=None`` keeps the checkpoint's stride (160 ms for
+the released 16x16-stride models: a third of the compute). Scene embeddings are the clip
+embeddings of ``ssamba embed``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ HEAR_SAMPLE_RATES = (16000, 22050, 32000, 44100, 48000)
 MILLISECONDS_PER_SECOND = 1000.0
 HOP_ROUNDING_SLACK = 1e-9
 """Lets hop_ms=50 give 5 frames of 10 ms despite float rounding."""
+DEFAULT_HOP_MS = 50.0
+"""The hear-validator's recommended largest timestamp hop."""
 
 
 class HearModel(WindowedEncoder):
@@ -51,20 +58,22 @@ class HearModel(WindowedEncoder):
 def load_model(
     model_file_path: str = "",
     *,
-    hop_ms: float | None = None,
+    hop_ms: float | None = DEFAULT_HOP_MS,
     window_seconds: float = DEFAULT_WINDOW_SECONDS,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> HearModel:
-    """Load a checkpoint for the HEAR API (``hop_ms``: timestamp hop limit; None keeps the checkpoint's stride)."""
+    """Load a checkpoint for the HEAR API (``hop_ms``: largest timestamp hop, 50 ms as HEAR recommends;
+    None keeps the checkpoint's time stride)."""
     if not model_file_path:
         raise ValueError("ssamba.hear.load_model needs model_file_path: an export directory or checkpoint (there is no built-in default model)")
     checkpoint = read_checkpoint(model_file_path)
     tstride = None
     if hop_ms is not None:
         shift_ms = checkpoint.features.frame_shift_ms
-        tstride = math.floor(hop_ms / shift_ms + HOP_ROUNDING_SLACK)
-        if tstride < 1:
+        frames = math.floor(hop_ms / shift_ms + HOP_ROUNDING_SLACK)
+        if frames < 1:
             raise ValueError(f"hop_ms={hop_ms} is below one fbank frame ({shift_ms:g} ms)")
+        tstride = min(frames, checkpoint.encoder_config.tstride)
     return HearModel(load_windowed_encoder(checkpoint, window_seconds=window_seconds, tstride=tstride), batch_size)
 
 

@@ -4,6 +4,9 @@ examples:
   ssamba info
   SSAMBA_SCAN=ref ssamba info      # see which backend an override selects
   ssamba info --device cuda        # which scan CUDA tensors get (cuda, else triton, else chunked) and why
+
+Never compiles or waits: the fused kernels are reported as usable only when their cached build is
+current (`ssamba build` makes it), and a build running elsewhere is named instead of waited for.
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import warnings
 
 import torch
 
 import ssamba
-from ssamba.models.fused_scan import fused_kernel_isas
+from ssamba.models.fused_scan import fused_kernel_isas, set_build_on_first_use
 from ssamba.models.scan import backend_status, explain_default_backend, resolve_backend
 
 
@@ -24,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    set_build_on_first_use(False)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available"
     print(f"ssamba        {ssamba.__version__}")
@@ -37,7 +42,9 @@ def main(args: argparse.Namespace) -> int:
             detail += f" (kernels for {fused_kernel_isas()[0]})"
         print(f"  {name:<10} {detail}")
     override = os.environ.get("SSAMBA_SCAN")
-    chosen = resolve_backend(None, device)
-    why = f"from SSAMBA_SCAN={override}" if override else "automatic: " + explain_default_backend(device)[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback reason is listed above
+        chosen = resolve_backend(None, device)
+        why = f"from SSAMBA_SCAN={override}" if override else "automatic: " + explain_default_backend(device)[1]
     print(f"scan on {device.type:<5} {chosen} ({why})")
     return 0

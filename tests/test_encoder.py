@@ -288,3 +288,24 @@ def test_input_shape_errors():
         enc(torch.randn(1, 100, 128))
     with pytest.raises(ValueError, match=r"\(batch, frames, mel_bins\)"):
         enc(torch.randn(64, 128))
+
+
+def test_loaded_encoder_computes_the_features_its_checkpoint_expects(tmp_path):
+    from ssamba.audio.fbank import FeatureConfig
+    from ssamba.interop.checkpoints import Checkpoint, load_encoder
+    from ssamba.interop.export import write_export
+
+    config = preset_config("ssamba-tiny", embed_dim=32, depth=2, num_mel_bins=32, target_length=48)
+    features = FeatureConfig(num_mel_bins=32, target_length=48, mean=-6.5, std=5.25)
+    checkpoint = Checkpoint("ssamba-train", tmp_path / "x.pt", config, AudioMambaEncoder(config).state_dict(), features)
+    encoder = load_encoder(write_export(checkpoint, tmp_path / "export"))
+    assert encoder.feature_config == features
+    wave = torch.randn(16000, generator=torch.Generator().manual_seed(0)) * 0.1
+    torch.testing.assert_close(encoder.features(wave), features.features(wave), rtol=0, atol=0)
+    assert encoder.features(wave).shape == (48, 32)
+    # another rate is resampled to the checkpoint's 16 kHz first: 1 s of 8 kHz audio gives 1 s of frames
+    slow = encoder.features(wave[::2], sample_rate=8000)
+    assert slow.shape == (48, 32) and torch.isfinite(slow).all()
+    assert encoder.embed(encoder.features(wave)[None]).shape == (1, 32)
+    with pytest.raises(ValueError, match="feature_config gives 1024 frames x 128 mel bins, the encoder expects 48 x 32"):
+        AudioMambaEncoder(config, FeatureConfig())

@@ -101,8 +101,8 @@ class Checkpoint:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def build_encoder(self) -> AudioMambaEncoder:
-        """A fresh encoder with these weights (strict), in eval mode."""
-        encoder = AudioMambaEncoder(self.encoder_config)
+        """A fresh encoder with these weights (strict) and this checkpoint's features, in eval mode."""
+        encoder = AudioMambaEncoder(self.encoder_config, self.features)
         _load_strict(encoder, self.encoder_state, self.source)
         return encoder.eval()
 
@@ -556,7 +556,9 @@ def load_encoder(path: str | Path, *, target_length: int | None = None, fstride:
 
     The architecture comes from the file; ``target_length`` (frames) and ``fstride``/``tstride``
     adapt the input size and patch stride as the original fine-tuning code does. Returned in eval mode:
-    ``encoder(fbank)`` gives token features (B, tokens, D), ``encoder.embed(fbank)`` the pooled (B, D).
+    ``encoder(fbank)`` gives token features (B, tokens, D), ``encoder.embed(fbank)`` the pooled (B, D),
+    and ``encoder.features(wave)`` the input it expects (``encoder.feature_config``: the checkpoint's
+    mel bins, length and normalisation statistics).
     """
     return load_checkpoint(path, target_length=target_length, fstride=fstride, tstride=tstride).build_encoder()
 

@@ -1,9 +1,10 @@
 """Export an encoder (from a run, a training checkpoint or an official file) to a self-contained directory.
 
 The directory holds ``model.safetensors`` (encoder weights only, this package's names),
-``config.json`` (encoder config, feature parameters with normalisation statistics, provenance) and
-``README.md`` (a short model card); ``--onnx`` adds ``model.onnx``. Load it offline with
-``ssamba.load_encoder(OUT_DIR)``.
+``config.json`` (encoder config, the complete input recipe -- every fbank option, length,
+normalisation -- and provenance; plain JSON a project without ssamba can read, its schema in the
+card) and ``README.md`` (the model card); ``--onnx`` adds ``model.onnx``, whose metadata repeats the
+input recipe. Load it offline with ``ssamba.load_encoder(OUT_DIR)``.
 
 examples:
   ssamba export runs/pretrain-tiny exported/ssamba-tiny
@@ -20,11 +21,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import inspect
 import json
 from pathlib import Path
 from typing import Any
 
 import ssamba
+from ssamba.audio.fbank import FeatureConfig, fbank
 from ssamba.interop.checkpoints import (
     CONFIG_FILE,
     EXPORT_FORMAT,
@@ -38,6 +41,28 @@ from ssamba.interop.onnx import DEFAULT_OPSET, ONNX_EXTRA_HINT, export_onnx
 CARD_FILE = "README.md"
 ONNX_FILE = "model.onnx"
 _HASH_CHUNK = 1 << 20
+NORMALISATION_FORMULA = "(fbank - mean) / (2 * std)"
+LENGTH_RULE = "zero-padded or cut at the end to target_length frames"
+
+# config.json, key by key: the schema documented in every model card.
+CONFIG_SCHEMA: tuple[tuple[str, str], ...] = (
+    ("format, version", f'"{EXPORT_FORMAT}" and the schema version ({EXPORT_VERSION})'),
+    ("input.name", '"fbank": the model input is a normalised log-mel filterbank, not a waveform'),
+    ("input.shape, input.dtype", '["batch", target_length, num_mel_bins], "float32"'),
+    ("input.sample_rate", "Hz of the mono waveform the fbank is computed from"),
+    ("input.waveform_mean_removal", "true: the clip's mean is subtracted from the waveform first"),
+    (
+        "input.fbank_options",
+        "every option of Kaldi's compute-fbank / torchaudio.compliance.kaldi.fbank "
+        "(torchaudio's names; frame_length/frame_shift in ms)",
+    ),
+    ("input.target_length, input.length_rule", "frames the encoder takes and how a clip is fitted to them"),
+    ("input.normalisation", f'mean, std and formula: {NORMALISATION_FORMULA}'),
+    ("outputs", "token features and pooled embedding: shape and meaning"),
+    ("encoder", "ssamba EncoderConfig fields (architecture)"),
+    ("features", "ssamba FeatureConfig fields (the same recipe, as ssamba stores it)"),
+    ("pos_embed_rule, provenance", "position-embedding adaptation rule; where the weights came from"),
+)
 
 
 def _sha256(path: Path) -> str | None:
@@ -69,10 +94,63 @@ def _provenance(checkpoint: Checkpoint) -> dict[str, Any]:
     return {**inherited, **record}
 
 
-def _model_card(checkpoint: Checkpoint, config: dict[str, Any], num_params: int) -> str:
+def full_fbank_options(features: FeatureConfig) -> dict[str, object]:
+    """Every Kaldi fbank option with the value ``features`` uses (defaults included), by torchaudio's names."""
+    signature = inspect.signature(fbank).parameters.values()
+    defaults = {p.name: p.default for p in signature if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return {**defaults, **features.kaldi_options}
+
+
+def input_spec(features: FeatureConfig) -> dict[str, object]:
+    """The model input, completely: what a project without ssamba needs to reproduce it."""
+    return {
+        "name": "fbank",
+        "description": "normalised Kaldi log-mel filterbank of a mono waveform (not the waveform itself)",
+        "shape": ["batch", features.target_length, features.num_mel_bins],
+        "dtype": "float32",
+        "sample_rate": features.sample_rate,
+        "waveform_mean_removal": True,
+        "fbank_options": full_fbank_options(features),
+        "target_length": features.target_length,
+        "length_rule": LENGTH_RULE,
+        "normalisation": {"mean": features.mean, "std": features.std, "formula": NORMALISATION_FORMULA},
+    }
+
+
+def output_spec(checkpoint: Checkpoint) -> dict[str, object]:
+    enc = checkpoint.encoder_config
+    pooling = "mean over patch tokens (CLS excluded)" if enc.pool == "mean" else "the CLS token"
+    tokens = f"token features after the final norm; patches frequency-major, CLS at {enc.cls_position}"
+    return {
+        "tokens": {"shape": ["batch", enc.num_patches + enc.num_cls_tokens, enc.embed_dim], "description": tokens},
+        "embedding": {"shape": ["batch", enc.embed_dim], "description": f"clip embedding: {pooling}"},
+    }
+
+
+def onnx_metadata(config: dict[str, Any]) -> dict[str, str]:
+    """What ``model.onnx`` carries in ``metadata_props``: the input recipe of ``config.json``."""
+    spec = config["input"]
+    frames, bins = spec["target_length"], spec["shape"][2]
+    return {
+        "input": f"fbank: {spec['description']}, float32 (batch, {frames}, {bins}); fixed length {frames} frames",
+        "target_length": str(frames),
+        "num_mel_bins": str(bins),
+        "sample_rate": str(spec["sample_rate"]),
+        "waveform_mean_removal": json.dumps(spec["waveform_mean_removal"]),
+        "fbank_options": json.dumps(spec["fbank_options"], sort_keys=True),
+        "length_rule": spec["length_rule"],
+        "normalisation": json.dumps(spec["normalisation"]),
+        "outputs": json.dumps(config["outputs"]),
+        "ssamba_version": ssamba.__version__,
+    }
+
+
+def _model_card(checkpoint: Checkpoint, config: dict[str, Any], num_params: int, onnx: bool) -> str:
     enc, feat, prov = checkpoint.encoder_config, checkpoint.features, config["provenance"]
     f_patches, t_patches = enc.grid
-    pooling = "mean over patch tokens (CLS excluded)" if enc.pool == "mean" else "the CLS token"
+    options, outputs = config["input"]["fbank_options"], config["outputs"]
+    n_tokens = enc.num_patches + enc.num_cls_tokens
+    seconds = (feat.target_length - 1) * feat.frame_shift_ms / 1000 + feat.frame_length_ms / 1000
     lines = [
         "# SSAMBA audio encoder",
         "",
@@ -88,24 +166,58 @@ def _model_card(checkpoint: Checkpoint, config: dict[str, Any], num_params: int)
         "## Input",
         "",
         (
-            f"- {feat.sample_rate} Hz mono audio, Kaldi fbank with {feat.num_mel_bins} mel bins, {feat.frame_shift_ms:g} ms hop, "
-            f"{feat.target_length} frames ({feat.target_length * feat.frame_shift_ms / 1000:g} s; zero-padded or cut at the end)"
+            "The input is a normalised log-mel filterbank `fbank` of shape "
+            f"(batch, {feat.target_length}, {feat.num_mel_bins}), float32 -- not a waveform:"
         ),
-        f"- normalised as (fbank - ({feat.mean})) / (2 * {feat.std})",
+        "",
+        f"1. mono audio at {feat.sample_rate} Hz; subtract the clip's mean from the waveform",
+        (
+            f"2. Kaldi fbank (`torchaudio.compliance.kaldi.fbank` with these options): {feat.num_mel_bins} mel bins, "
+            f"window {options['window_type']}, frame length {options['frame_length']:g} ms, "
+            f"frame shift {options['frame_shift']:g} ms, htk_compat {options['htk_compat']}, "
+            f"dither {options['dither']:g}, use_energy {options['use_energy']}, "
+            f"preemphasis {options['preemphasis_coefficient']:g}, remove_dc_offset {options['remove_dc_offset']}, "
+            f"low_freq {options['low_freq']:g} Hz, high_freq {options['high_freq']:g} (<= 0: offset from Nyquist); "
+            "all options in `config.json` under `input.fbank_options`"
+        ),
+        f"3. {feat.target_length} frames ({seconds:g} s of audio): {LENGTH_RULE}",
+        f"4. normalised as (fbank - ({feat.mean})) / (2 * {feat.std})",
         "",
         "## Output",
         "",
-        f"- `encoder(fbank)`: (batch, {enc.num_patches + enc.num_cls_tokens}, {enc.embed_dim}) token features after the final norm",
-        f"- `encoder.embed(fbank)`: (batch, {enc.embed_dim}), {pooling}",
+        f"- `encoder(fbank)`: (batch, {n_tokens}, {enc.embed_dim}) {outputs['tokens']['description']}",
+        f"- `encoder.embed(fbank)`: (batch, {enc.embed_dim}), {outputs['embedding']['description']}",
         "",
         "## Usage",
         "",
         "```python",
         "import ssamba",
         "encoder = ssamba.load_encoder('THIS_DIRECTORY')",
+        "clip = encoder.embed(encoder.features(ssamba.load_audio('clip.wav'))[None])  # (1, D)",
         "```",
         "",
         "Or from the shell: `ssamba embed AUDIO_DIR --checkpoint THIS_DIRECTORY --out embeddings/`.",
+        "",
+    ]
+    if onnx:
+        lines += [
+            f"## ONNX (`{ONNX_FILE}`)",
+            "",
+            (
+                f"- input `fbank`: float32 (batch, {feat.target_length}, {feat.num_mel_bins}), the normalised filterbank "
+                f"above, not a waveform; the length is fixed at {feat.target_length} frames (only the batch axis is dynamic)"
+            ),
+            "- outputs `tokens` and `embedding` as above",
+            "- the graph's `metadata_props` repeat the input recipe: `input`, `target_length`, `num_mel_bins`, `sample_rate`, "
+            "`waveform_mean_removal`, `fbank_options` (JSON), `length_rule`, `normalisation` (JSON), `outputs` (JSON)",
+            "",
+        ]
+    lines += [
+        "## config.json",
+        "",
+        "Plain JSON, readable without ssamba:",
+        "",
+        *[f"- `{key}`: {meaning}" for key, meaning in CONFIG_SCHEMA],
         "",
         "## Provenance",
         "",
@@ -131,6 +243,8 @@ def write_export(checkpoint: Checkpoint, out_dir: str | Path, *, onnx: bool = Fa
     config = {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
+        "input": input_spec(checkpoint.features),
+        "outputs": output_spec(checkpoint),
         "encoder": {**checkpoint.encoder_config.to_dict(), "scan_backend": None},
         "features": checkpoint.features.to_dict(),
         "pos_embed_rule": checkpoint.pos_embed_rule,
@@ -140,9 +254,9 @@ def write_export(checkpoint: Checkpoint, out_dir: str | Path, *, onnx: bool = Fa
     save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     num_params = sum(p.numel() for p in encoder.parameters())
-    (out / CARD_FILE).write_text(_model_card(checkpoint, config, num_params))
+    (out / CARD_FILE).write_text(_model_card(checkpoint, config, num_params, onnx))
     if onnx:
-        export_onnx(encoder, out / ONNX_FILE, opset=opset)
+        export_onnx(encoder, out / ONNX_FILE, opset=opset, metadata=onnx_metadata(config))
     elif (out / ONNX_FILE).exists():
         (out / ONNX_FILE).unlink()  # a stale graph of other weights must not stay next to these
     return out

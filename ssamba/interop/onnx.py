@@ -84,8 +84,11 @@ class _OnnxEncoder(nn.Module):
         return tokens, self.encoder.pool(tokens)
 
 
-def export_onnx(encoder: AudioMambaEncoder, path: str | Path, *, opset: int = DEFAULT_OPSET) -> Path:
-    """Write ``encoder`` as ONNX: input ``fbank`` (batch, target_length, mel_bins), outputs ``tokens`` and ``embedding``."""
+def export_onnx(encoder: AudioMambaEncoder, path: str | Path, *, opset: int = DEFAULT_OPSET, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``encoder`` as ONNX: input ``fbank`` (batch, target_length, mel_bins), outputs ``tokens`` and ``embedding``.
+
+    ``metadata`` goes into the model's ``metadata_props`` (``ssamba export`` stores the input recipe there).
+    """
     try:
         import onnx
     except ImportError as err:
@@ -106,5 +109,11 @@ def export_onnx(encoder: AudioMambaEncoder, path: str | Path, *, opset: int = DE
             dynamic_axes={"fbank": {0: "batch"}, "tokens": {0: "batch"}, "embedding": {0: "batch"}},
             opset_version=opset,
         )
+    if metadata:
+        graph = onnx.load(str(path))
+        for key, value in metadata.items():
+            graph.metadata_props.add(key=key, value=value)
+        graph.doc_string = metadata.get("input", "")
+        onnx.save(graph, str(path))
     onnx.checker.check_model(str(path))
     return path

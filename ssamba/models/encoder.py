@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from ssamba.audio.fbank import FeatureConfig
 from ssamba.fields import dataclass_from_dict
 from ssamba.models.mamba import BimambaType, Block, DropPath, MambaMixer, NormType, make_norm
 
@@ -174,12 +175,23 @@ class AudioMambaEncoder(nn.Module):
 
     ``encoder(fbank)`` maps a normalised fbank (B, T, F) to token features (B, tokens, D) after the
     final norm, CLS included at its configured position; ``encoder.embed(fbank)`` pools them to (B, D).
+    ``encoder.features(wave)`` computes that input from a waveform with ``encoder.feature_config``
+    (set by :func:`ssamba.load_encoder` from the checkpoint; else SSAMBA's recipe sized to ``config``).
     """
 
-    def __init__(self, config: EncoderConfig) -> None:
+    def __init__(self, config: EncoderConfig, feature_config: FeatureConfig | None = None) -> None:
         super().__init__()
         config.validate()
         self.config = config
+        if feature_config is None:
+            feature_config = FeatureConfig(num_mel_bins=config.num_mel_bins, target_length=config.target_length)
+        if (feature_config.num_mel_bins, feature_config.target_length) != (config.num_mel_bins, config.target_length):
+            raise ValueError(
+                f"feature_config gives {feature_config.target_length} frames x {feature_config.num_mel_bins} mel bins, "
+                f"the encoder expects {config.target_length} x {config.num_mel_bins}"
+            )
+        self.feature_config = feature_config
+        """How a waveform becomes this encoder's input (mel bins, frames, normalisation statistics)."""
         dim = config.embed_dim
         self.patch_embed = PatchEmbed(dim, config.fshape, config.tshape, config.fstride, config.tstride)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if config.num_cls_tokens else None
@@ -291,6 +303,19 @@ class AudioMambaEncoder(nn.Module):
     def embed(self, fbank: Tensor) -> Tensor:
         """Clip embedding (B, D): the configured pooling of :meth:`forward`."""
         return self.pool(self(fbank))
+
+    def features(self, waveform: Tensor, sample_rate: int | None = None) -> Tensor:
+        """1-D waveform -> the normalised ``(target_length, num_mel_bins)`` fbank this encoder expects.
+
+        ``sample_rate`` defaults to ``feature_config.sample_rate`` (16 kHz for SSAMBA); other rates are
+        resampled first. Batch the results with ``torch.stack`` (or ``features[None]`` for one clip).
+        """
+        rate = self.feature_config.sample_rate
+        if sample_rate is not None and sample_rate != rate:
+            from ssamba.audio.io import resample
+
+            waveform = torch.from_numpy(resample(waveform.detach().cpu().float().numpy(), sample_rate, rate))
+        return self.feature_config.features(waveform)
 
 
 def _move_token(tokens: Tensor, src: int, dst: int) -> Tensor:

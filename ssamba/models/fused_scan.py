@@ -4,8 +4,11 @@ The extension (``csrc/selective_scan.cpp``, plus the mixer ops of ``csrc/mixer_o
 ``ssamba.models.fused_ops``) is compiled on first use with
 ``torch.utils.cpp_extension.load`` and cached in torch's extension directory
 (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``); later processes load the
-cached build in well under a second. It needs a C++ compiler and ninja at run time.
-``fused_status()`` says whether it is usable here; nothing is compiled at import time.
+cached build in about a second. It needs a C++ compiler and ninja at run time. ``ssamba build``
+(:mod:`ssamba.models.build`, run once by ``shell/env.sh``) compiles it ahead of time; a build on
+first use says so on stderr. Builds and loads hold a lock that names its owner (pid, host, start
+time): others wait and say so, and locks left by killed builds are cleared. ``fused_status()``
+says whether the kernels are usable here; nothing is compiled at import time.
 
 Semantics follow mamba_ssm's ``selective_scan_fn``. The kernel works channel-last, the layout
 the mixer produces: :func:`fused_selective_scan_channels_last` takes (batch, L, dim) inputs (views
@@ -23,7 +26,9 @@ widest one the CPU runs is used (:func:`fused_kernel_isas`).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
 import shutil
 import threading
 from pathlib import Path
@@ -31,13 +36,24 @@ from types import ModuleType
 
 import torch
 
+from ssamba.models.build import (
+    BUILD_LOCK_FILE,
+    BuildLock,
+    BuildLockTimeout,
+    build_progress,
+    build_wait_seconds,
+    clear_stale_torch_lock,
+)
+
 __all__ = [
     "CHECKPOINT_INTERVAL",
+    "fused_build_directory",
     "fused_extension",
     "fused_kernel_isas",
     "fused_selective_scan",
     "fused_selective_scan_channels_last",
     "fused_status",
+    "set_build_on_first_use",
     "set_fused_kernel_isa",
 ]
 
@@ -55,11 +71,16 @@ _EXTRA_SOURCES = (Path(__file__).resolve().parent / "csrc" / "mixer_ops.cpp",)
 _CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=fast"]
 _LD_FLAGS = ["-fopenmp"]
 _MAX_REASON_CHARS = 300
+# Written next to a successful build: what it was built from, so a cached build can be trusted
+# without compiling (``ssamba info``) and a changed source announces its rebuild up front.
+_STAMP_FILE = "ssamba-build.json"
+_NOT_BUILT = "not built yet: run `ssamba build` (compiles once, in minutes)"
 
 _lock = threading.Lock()
 _extension: ModuleType | None = None
 _status: str | None = None
 _attempted = False
+_build_on_first_use = True
 
 
 def _compiler_missing() -> str | None:
@@ -83,33 +104,100 @@ def _short_reason(error: BaseException) -> str:
     return f"building the fused scan extension failed: {message}"[:_MAX_REASON_CHARS]
 
 
+def _sources() -> list[Path]:
+    return [_SOURCE, *_EXTRA_SOURCES]
+
+
+def _build_key() -> str:
+    """Digest of everything a build depends on: sources and headers, flags, compiler, torch, Python."""
+    digest = hashlib.sha256()
+    headers = sorted(p for p in _SOURCE.parent.iterdir() if p.suffix in (".h", ".inc"))
+    for path in (*_sources(), *headers):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    compiler = os.environ.get("CXX", "c++")
+    context = [_EXTENSION_NAME, *_CXX_FLAGS, *_LD_FLAGS, compiler, torch.__version__, platform.python_version()]
+    digest.update("\0".join(context).encode())
+    return digest.hexdigest()
+
+
+def fused_build_directory() -> Path:
+    """Where the extension is built and cached (``$TORCH_EXTENSIONS_DIR/<name>`` or torch's default)."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(_EXTENSION_NAME, False))
+
+
+def _build_is_current(build_dir: Path) -> bool:
+    try:
+        return (build_dir / _STAMP_FILE).read_text().strip() == _build_key()
+    except OSError:
+        return False
+
+
+def _build_and_load(build_dir: Path, wait_s: float) -> ModuleType:
+    """Under our build lock (waiting at most ``wait_s``): clear a stale torch lock, build if needed
+    (announced on stderr), load, and stamp the build."""
+    from torch.utils.cpp_extension import load
+
+    lock = BuildLock(build_dir / BUILD_LOCK_FILE)
+    lock.acquire(wait_s, "the fused kernel build")
+    try:
+        clear_stale_torch_lock(build_dir, wait_s)
+        key = _build_key()
+        with build_progress("the fused C++ CPU kernels", build_dir, expected=not _build_is_current(build_dir)):
+            extension = load(
+                name=_EXTENSION_NAME,
+                sources=[str(source) for source in _sources()],
+                extra_cflags=list(_CXX_FLAGS),  # copies: torch appends to the lists it is given
+                extra_ldflags=list(_LD_FLAGS),
+                build_directory=str(build_dir),
+                verbose=False,
+            )
+        (build_dir / _STAMP_FILE).write_text(key + "\n")
+        return extension
+    finally:
+        lock.release()
+
+
 def _load() -> ModuleType | None:
-    """Build (first time) or load the extension once per process; remember why it failed."""
+    """Build (first time) or load the extension once per process; remember why it failed.
+
+    Without building on first use (:func:`set_build_on_first_use`), only a current cached build is
+    loaded and a lock held by a live build is not waited for."""
     global _extension, _status, _attempted
     with _lock:
         if _attempted:
             return _extension
-        _attempted = True
-        missing = [str(source) for source in (_SOURCE, *_EXTRA_SOURCES) if not source.is_file()]
+        missing = [str(source) for source in _sources() if not source.is_file()]
         if missing:
-            _status = f"extension source {missing[0]} is missing"
+            _attempted, _status = True, f"extension source {missing[0]} is missing"
             return None
         _status = _compiler_missing()
         if _status is not None:
+            _attempted = True
             return None
-        from torch.utils.cpp_extension import load
-
+        build_dir = fused_build_directory()
+        if not _build_on_first_use and not _build_is_current(build_dir):
+            _status = _NOT_BUILT  # not final: building may be allowed again later in this process
+            return None
+        _attempted = True
         try:
-            _extension = load(
-                name=_EXTENSION_NAME,
-                sources=[str(source) for source in (_SOURCE, *_EXTRA_SOURCES)],
-                extra_cflags=_CXX_FLAGS,
-                extra_ldflags=_LD_FLAGS,
-                verbose=False,
-            )
+            _extension = _build_and_load(build_dir, build_wait_seconds() if _build_on_first_use else 0.0)
+        except BuildLockTimeout as error:
+            _status = str(error)
         except Exception as error:  # noqa: BLE001 -- any build or load failure disables the backend
             _status = _short_reason(error)
         return _extension
+
+
+def set_build_on_first_use(enabled: bool) -> None:
+    """Allow (default) or forbid compiling the extension when it is first needed in this process.
+
+    Forbidden, only an up-to-date cached build is loaded (about a second) and a build in progress
+    elsewhere is reported instead of waited for; ``ssamba info`` runs this way so it never blocks.
+    """
+    global _build_on_first_use
+    _build_on_first_use = bool(enabled)
 
 
 def fused_status() -> str | None:
