@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -64,28 +65,48 @@ def triton_status() -> str | None:
     return None
 
 
+def kernels_interpreted() -> bool:
+    """Whether Triton runs kernels in its interpreter in this process: decided by ``TRITON_INTERPRET``
+    when triton was first imported (imports triton)."""
+    from triton.language import standard
+
+    return type(standard.zeros).__name__ == "InterpretedFunction"
+
+
+def _kernel_module() -> ModuleType:
+    """The kernels, decorated in the same mode as Triton's own library functions (whatever
+    ``TRITON_INTERPRET`` says now), so that they can call them."""
+    module = sys.modules.get(_KERNELS_MODULE)
+    if module is not None:
+        return module
+    previous = os.environ.get(INTERPRET_ENV)
+    os.environ[INTERPRET_ENV] = "1" if kernels_interpreted() else "0"
+    try:
+        return importlib.import_module(_KERNELS_MODULE)
+    finally:
+        if previous is None:
+            os.environ.pop(INTERPRET_ENV, None)
+        else:
+            os.environ[INTERPRET_ENV] = previous
+
+
 def _kernels_for(device: torch.device) -> ModuleType:
     """The kernel module for tensors on ``device``: CUDA, or CPU through the interpreter."""
     reason = triton_status()
     if reason is not None:
         raise RuntimeError(f"the triton selective scan is unavailable: {reason}")
-    if device.type != "cuda" and not interpreter_enabled():
-        raise RuntimeError(
-            f"the triton selective scan needs CUDA tensors, got tensors on {device} "
-            f"(set {INTERPRET_ENV}=1 to run its kernels on CPU through Triton's interpreter)"
-        )
-    kernels = importlib.import_module(_KERNELS_MODULE)
-    if device.type != "cuda" and not kernels_interpreted():
-        raise RuntimeError(
-            f"{INTERPRET_ENV}=1 was set after triton was imported in this process; set it before "
-            "(e.g. in the environment of the process) to run the kernels on CPU tensors"
-        )
-    return kernels
-
-
-def kernels_interpreted() -> bool:
-    """Whether this process's triton kernels run in Triton's interpreter (imports triton)."""
-    return type(importlib.import_module(_KERNELS_MODULE)._forward_output_kernel).__name__ == "InterpretedFunction"
+    if device.type != "cuda":
+        if not interpreter_enabled():
+            raise RuntimeError(
+                f"the triton selective scan needs CUDA tensors, got tensors on {device} "
+                f"(set {INTERPRET_ENV}=1 to run its kernels on CPU through Triton's interpreter)"
+            )
+        if not kernels_interpreted():
+            raise RuntimeError(
+                f"{INTERPRET_ENV}=1 was set after triton was imported in this process; set it before "
+                "(e.g. in the environment of the process) to run the kernels on CPU tensors"
+            )
+    return _kernel_module()
 
 
 def _channel_strides(t: Tensor, channels_last: bool) -> tuple[int, int, int]:
