@@ -32,6 +32,8 @@ _EXPORTS: dict[str, str] = {
     "make_loader": "ssamba.data.stream",
     "load_encoder": "ssamba.interop.checkpoints",
     "load_pretraining_model": "ssamba.interop.checkpoints",
+    "load_classifier": "ssamba.interop.classifier",
+    "export_classifier": "ssamba.interop.classifier",
     "MaskedPatchModel": "ssamba.models.masked",
     "ObjectiveConfig": "ssamba.models.masked",
     "PretrainOutput": "ssamba.models.masked",

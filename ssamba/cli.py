@@ -22,6 +22,9 @@ COMMANDS: dict[str, str] = {
     "export": "ssamba.interop.export",
     "import": "ssamba.interop.import_official",
     "embed": "ssamba.interop.embed",
+    "probe": "ssamba.train.probe",
+    "finetune": "ssamba.train.finetune",
+    "predict": "ssamba.interop.predict",
 }
 
 

@@ -38,3 +38,28 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def write_labelled_clips(root: Path, per_class: int = 8, seconds: float = 1.0, seed: int = 0) -> list[tuple[str, str]]:
+    """Write ``per_class`` 16 kHz clips each of tones, noise and chirps under ``root``; returns (relative path, label)
+    rows. The classes differ in spectral shape, so a linear probe separates them."""
+    import numpy as np
+    import soundfile
+
+    rng = np.random.default_rng(seed)
+    rate = 16000
+    t = np.arange(int(seconds * rate)) / rate
+    rows = []
+    for index in range(per_class):
+        waves = {
+            "tone": np.sin(2 * np.pi * rng.uniform(300, 1500) * t),
+            "noise": rng.standard_normal(t.size) / 3,
+            "chirp": np.sin(2 * np.pi * (rng.uniform(200, 500) * t + rng.uniform(2000, 3000) * t**2 / (2 * seconds))),
+        }
+        for label, wave in waves.items():
+            path = root / label / f"{label}_{index:03d}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            wave = 0.5 * wave / np.abs(wave).max() + 0.002 * rng.standard_normal(t.size)
+            soundfile.write(path, wave.astype(np.float32), rate, subtype="PCM_16")
+            rows.append((path.relative_to(root).as_posix(), label))
+    return rows

@@ -7,6 +7,7 @@ examples:
   ssamba shards folder ./my_audio -o shards/mine --labels-from-dirs --max-count 500
   ssamba shards ast_json audioset_librispeech.json -o shards/mix --labels class_labels_indices.csv
   ssamba shards manifest clips.jsonl -o shards/clips --max-bytes 500M --workers 8
+  ssamba shards manifest labelled.csv -o shards/esc50      # labelled: classes.json + split/fold/group per sample
   ssamba shards folder ./my_audio -o shards/mine-fbank --fbank     # precomputed float16 fbank
 
 Each sample is ``<key>.flac`` (or ``<key>.fbank.npy`` with --fbank) plus ``<key>.json``
@@ -125,8 +126,12 @@ def encode_record(index: int, record: AudioRecord, options: ShardOptions) -> Enc
         audio, rate, channels = decode_file(record.path)
     except (OSError, AudioDecodeError) as exc:
         return reject("unreadable", str(exc))
+    segment = record.extra.get("segment")
+    if segment is not None:  # labelled manifests: [start, end] seconds (end None: to the end of the file)
+        start, end = segment
+        audio = audio[round(start * rate) : None if end is None else round(end * rate)]
     if audio.size == 0:
-        return reject("empty", "no audio samples")
+        return reject("empty", "no audio samples" if segment is None else f"segment {segment} holds no samples")
     if not np.isfinite(audio).all():
         bad = int((~np.isfinite(audio)).sum())
         return reject("non_finite", f"{bad} of {audio.size} samples are NaN or infinite")
@@ -423,6 +428,11 @@ def main(args: argparse.Namespace) -> int:
         features=FeatureConfig(sample_rate=args.sample_rate),
     )
     index = write_shards(records, args.output, options, workers=args.workers, overwrite=args.overwrite)
+    if args.source == "manifest" and manifest.is_labelled(args.input):
+        from ssamba.data.labelled import CLASSES_FILE, read_labelled
+
+        classes = read_labelled(args.input, class_table=args.labels).classes
+        (Path(args.output) / CLASSES_FILE).write_text(json.dumps(classes, ensure_ascii=False) + "\n", encoding="utf-8")
     rejects = index["rejects"]
     print(
         f"{len(index['shards'])} shards, {index['count']} clips, {index['hours']:.3f} h in {args.output}; "

@@ -34,17 +34,31 @@ from ssamba.data.stream import AUDIO_MEMBER_EXTENSIONS, FBANK_MEMBER, expand_sha
 ClipSums = tuple[float, float, int]  # (sum, sum of squares, number of values)
 
 
-def _clip_frames(sample: dict[str, object], features: FeatureConfig, include_padding: bool) -> torch.Tensor:
-    if FBANK_MEMBER in sample:
-        raw = torch.from_numpy(np.load(io.BytesIO(sample[FBANK_MEMBER]))).float()
-    else:
-        ext = next((e for e in AUDIO_MEMBER_EXTENSIONS if e in sample), None)
-        if ext is None:
-            raise ValueError("no audio or fbank member")
-        raw = features.raw_fbank(features.crop_waveform(decode_bytes(sample[ext], features.sample_rate)))
+def _fit_frames(raw: torch.Tensor, features: FeatureConfig, include_padding: bool) -> torch.Tensor:
     if include_padding:
         return pad_or_crop(raw, features.target_length, "start")
     return raw[: features.target_length]
+
+
+def waveform_frames(waveform: torch.Tensor, features: FeatureConfig, include_padding: bool = True) -> torch.Tensor:
+    """The un-normalised log-mel frames of one clip that the statistics count (padded or cut)."""
+    return _fit_frames(features.raw_fbank(features.crop_waveform(waveform)), features, include_padding)
+
+
+def mean_std(total: float, total_sq: float, count: int) -> tuple[float, float]:
+    """Mean and (population) std from float64 sums of values and squares."""
+    mean = total / count
+    return mean, math.sqrt(max(total_sq / count - mean * mean, 0.0))
+
+
+def _clip_frames(sample: dict[str, object], features: FeatureConfig, include_padding: bool) -> torch.Tensor:
+    if FBANK_MEMBER in sample:
+        raw = torch.from_numpy(np.load(io.BytesIO(sample[FBANK_MEMBER]))).float()
+        return _fit_frames(raw, features, include_padding)
+    ext = next((e for e in AUDIO_MEMBER_EXTENSIONS if e in sample), None)
+    if ext is None:
+        raise ValueError("no audio or fbank member")
+    return waveform_frames(decode_bytes(sample[ext], features.sample_rate), features, include_padding)
 
 
 def shard_sums(shard: str, features: FeatureConfig, include_padding: bool, max_clips: int | None) -> tuple[list[ClipSums], int]:
@@ -99,8 +113,7 @@ def compute_stats(
             pool.terminate()
     if count == 0:
         raise ValueError(f"no readable clips in {len(paths)} shards")
-    mean = total / count
-    std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
+    mean, std = mean_std(total, total_sq, count)
     return {
         "mean": mean, "std": std, "clips": clips, "values": count, "skipped": skipped,
         "target_length": features.target_length, "include_padding": include_padding, "shards": len(paths),

@@ -256,25 +256,49 @@ class AudioMambaEncoder(nn.Module):
 
     def forward_tokens(self, patches: Tensor) -> Tensor:
         """Run the encoder on patch embeddings (B, N, D); returns (B, N + n_cls, D) after the final norm."""
+        return self._final_norm(*self._run_layers(self._input_tokens(patches)))
+
+    def _input_tokens(self, patches: Tensor) -> Tensor:
         tokens = patches
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.expand(patches.shape[0], -1, -1), patches], dim=1)
         tokens = tokens + self.pos_embed
         if self.config.cls_position == "middle":
             tokens = _move_token(tokens, 0, self.cls_index)
-        return self._final_norm(*self._run_layers(tokens))
+        return tokens
 
-    def _run_layers(self, hidden: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _run_layers(self, hidden: Tensor, states: list[Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+        """Run the blocks; when ``states`` is a list, append the residual stream after each block (pair)."""
         residual = None
         if not self.config.layer_pairing:
             for layer in self.layers:
                 hidden, residual = layer(hidden, residual)
+                if states is not None:
+                    states.append(residual + hidden)
             return hidden, residual
         for fwd, bwd in zip(self.layers[0::2], self.layers[1::2]):
             h_f, r_f = fwd(hidden, residual)
             h_b, r_b = bwd(hidden.flip(1), None if residual is None else residual.flip(1))
             hidden, residual = h_f + h_b.flip(1), r_f + r_b.flip(1)
+            if states is not None:
+                states.append(residual + hidden)
         return hidden, residual
+
+    @property
+    def num_hidden_states(self) -> int:
+        """Entries of :meth:`hidden_states`: one per block, or per pair of blocks with layer pairing."""
+        return self.config.depth // 2 if self.config.layer_pairing else self.config.depth
+
+    def hidden_states(self, fbank: Tensor) -> list[Tensor]:
+        """Token features (B, N + n_cls, D) after each block (each pair with layer pairing), for probing.
+
+        Entry ``k`` is the residual stream after block (pair) ``k``, before any final norm; the last
+        entry is replaced by the final-normed output, so ``hidden_states(x)[-1]`` equals ``forward(x)``.
+        """
+        states: list[Tensor] = []
+        hidden, residual = self._run_layers(self._input_tokens(self.patchify(fbank)), states)
+        states[-1] = self._final_norm(hidden, residual)
+        return states
 
     def _final_norm(self, hidden: Tensor, residual: Tensor | None) -> Tensor:
         residual = hidden if residual is None else residual + self.drop_path_f(hidden)

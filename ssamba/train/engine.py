@@ -35,7 +35,7 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -301,6 +301,11 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tupl
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
 
 
+def _default_optimizer(optim: Any) -> Callable[[nn.Module], torch.optim.Optimizer]:
+    """The pretraining optimiser for an engine built without ``make_optim``."""
+    return lambda model: make_optimizer(model, optim.lr, optim.weight_decay, optim.betas, optim.eps)
+
+
 class TorchEngine:
     """Plain PyTorch training: one process, or DDP over the process group."""
 
@@ -308,14 +313,17 @@ class TorchEngine:
     input_dtype = torch.float32
     """Inputs stay float32; autocast picks the compute dtype."""
 
-    def __init__(self, model: nn.Module, info: DistInfo, *, optim: Any, precision: str, compile: bool) -> None:
+    def __init__(
+        self, model: nn.Module, info: DistInfo, *, optim: Any, precision: str, compile: bool,
+        make_optim: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+    ) -> None:
         check_precision(info.device, precision)
         self.model = model.to(info.device)
         self.info = info
         self.precision = precision
         self.grad_clip = optim.grad_clip
         self.accumulate = optim.accumulate
-        self.optimizer = make_optimizer(self.model, optim.lr, optim.weight_decay, optim.betas, optim.eps)
+        self.optimizer = (make_optim or _default_optimizer(optim))(self.model)
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=precision == "fp16")
         self.ddp: nn.parallel.DistributedDataParallel | None = None
         module: nn.Module = self.model
@@ -346,8 +354,9 @@ class TorchEngine:
         self.scaler.scale(loss / self.accumulate).backward()
 
     def set_lr(self, lr: float) -> None:
+        """Set every parameter group's lr to ``lr`` times the group's ``lr_scale`` (1 when absent)."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
 
     def step(self) -> StepResult:
         """Unscale, clip, step (unless the gradient is not finite), zero the gradients."""
@@ -418,14 +427,17 @@ class DeepSpeedEngine:
 
     name = "deepspeed"
 
-    def __init__(self, model: nn.Module, info: DistInfo, *, optim: Any, precision: str, config: dict[str, Any]) -> None:
+    def __init__(
+        self, model: nn.Module, info: DistInfo, *, optim: Any, precision: str, config: dict[str, Any],
+        make_optim: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+    ) -> None:
         deepspeed = import_deepspeed()
         self.info = info
         # DeepSpeed reads the launcher's variables, which a plain single-process start does not set
         for name, value in (("RANK", info.rank), ("LOCAL_RANK", info.local_rank), ("WORLD_SIZE", info.world_size)):
             os.environ.setdefault(name, str(value))
         self.model = model.to(info.device)
-        optimizer = make_optimizer(self.model, optim.lr, optim.weight_decay, optim.betas, optim.eps)
+        optimizer = (make_optim or _default_optimizer(optim))(self.model)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, config=config)
         self.module = self.engine
         self.input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
@@ -449,8 +461,9 @@ class DeepSpeedEngine:
             self.engine.step()  # only advances DeepSpeed's micro-batch counter
 
     def set_lr(self, lr: float) -> None:
+        """Set every parameter group's lr to ``lr`` times the group's ``lr_scale`` (1 when absent)."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
 
     def step(self) -> StepResult:
         """Apply the accumulated update (after the last micro-batch of a step)."""

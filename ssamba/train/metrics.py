@@ -86,7 +86,9 @@ class Throughput:
 class MetricsLogger:
     """JSONL + TensorBoard + tqdm for rank 0; every method is a no-op on other ranks."""
 
-    def __init__(self, run_dir: Path, *, enabled: bool, start_step: int, total_steps: int | None, progress: bool = True) -> None:
+    def __init__(
+        self, run_dir: Path, *, enabled: bool, start_step: int, total_steps: int | None, progress: bool = True, desc: str = "pretrain"
+    ) -> None:
         self.enabled = enabled
         self._file: TextIO | None = None
         self._writer = None
@@ -105,7 +107,7 @@ class MetricsLogger:
 
             interactive = sys.stderr.isatty()
             self._bar = tqdm(
-                total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, desc="pretrain",
+                total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, desc=desc,
                 mininterval=PROGRESS_INTERVAL_S if interactive else LOG_FILE_PROGRESS_INTERVAL_S,
             )
 

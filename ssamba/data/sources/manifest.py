@@ -1,7 +1,11 @@
 """CSV or JSONL manifest -> records. Required field ``path``; optional ``labels`` and ``key``.
 
-* CSV: header row; ``labels`` is a comma-separated string (quote it). Other columns are kept
-  in the metadata.
+* CSV in the labelled-data format (a ``label`` column; see :mod:`ssamba.data.labelled`): read and
+  validated by :func:`ssamba.data.labelled.read_labelled`; labels stay class names (the class list
+  goes to the shard folder's ``classes.json``), ``split``/``fold``/``group`` go into each sample's
+  metadata, and ``start``/``end`` segments are cut when the shards are written.
+* CSV with a ``labels`` column (the earlier layout): a comma-separated string (quote it). Other
+  columns are kept in the metadata.
 * JSONL: one object per line; ``labels`` may be a list, an int or a comma-separated string.
 
 Relative paths are resolved against the manifest's folder. With a label table
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 from ssamba.data.sources import AudioRecord, make_key
@@ -44,9 +49,38 @@ def _read_rows(path: Path) -> list[dict[str, object]]:
     raise ValueError(f"{path}: manifest must be .csv or .jsonl")
 
 
+def is_labelled(manifest_path: str | Path) -> bool:
+    """True for a CSV in the labelled-data format (its header has a ``label`` column)."""
+    path = Path(manifest_path)
+    if path.suffix.lower() != ".csv":
+        return False
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        header = next(csv.reader(handle), [])
+    return "label" in [column.strip() for column in header]
+
+
+def _labelled_records(manifest_path: Path, class_labels_csv: str | Path | None) -> list[AudioRecord]:
+    from ssamba.data.labelled import read_labelled
+
+    data = read_labelled(manifest_path, class_table=class_labels_csv)
+    common = os.path.commonpath([str(clip.path.parent) for clip in data.clips])
+    records = []
+    for clip in data.clips:
+        rel = Path(os.path.relpath(clip.path, common)).as_posix()
+        key = str(Path(rel).with_suffix(""))
+        extra: dict[str, object] = {name: getattr(clip, name) for name in ("split", "fold", "group") if getattr(clip, name) is not None}
+        if clip.start is not None or clip.end is not None:
+            extra["segment"] = [clip.start or 0.0, clip.end]
+            key += f"_{clip.start or 0:g}-{'end' if clip.end is None else f'{clip.end:g}'}"
+        records.append(AudioRecord(make_key(key), str(clip.path), SOURCE_NAME, rel, list(clip.labels), extra))
+    return records
+
+
 def scan(manifest_path: str | Path, class_labels_csv: str | Path | None = None) -> list[AudioRecord]:
     """Records in manifest order; an explicit ``key`` column overrides the path-derived key."""
     manifest_path = Path(manifest_path)
+    if is_labelled(manifest_path):
+        return _labelled_records(manifest_path, class_labels_csv)
     rows = _read_rows(manifest_path)
     entries = []
     for index, row in enumerate(rows):

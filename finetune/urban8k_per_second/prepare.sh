@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# urban8k_per_second -> 16 kHz audio + manifest.csv + stats.json. Usage: finetune/urban8k_per_second/prepare.sh SOURCE_DIR OUT_DIR [--partial]
+# (--help documents the expected input tree; the work is done by prepare.py next to this file).
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../../shell/env.sh"
+exec python "$(dirname "${BASH_SOURCE[0]}")/prepare.py" "$@"

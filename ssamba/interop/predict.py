@@ -1,0 +1,143 @@
+"""Classify audio files with a fine-tuned classifier: the top classes per file (per second for per-second models).
+
+examples:
+  ssamba predict dog.wav rain.flac --model exp/esc50/model
+  ssamba predict clips/ --model exp/as20k/model --top 3 --jsonl predictions.jsonl
+  ssamba predict street.wav --model exp/urban8k-dasl/model          # one line per second
+
+A file longer than the model's input (features.target_length frames) is cut into consecutive
+windows whose scores are averaged (clip models) or scored second by second (per-second models: the
+first window). Unreadable and silent files are skipped and counted, never guessed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aiff", ".aif")
+SILENCE_PEAK = 2.0**-15
+"""Same rule as training: a peak below one 16-bit step is silence."""
+
+
+@dataclass
+class Prediction:
+    """Scores of one file: (classes,) for clip models, (seconds, classes) for per-second models."""
+
+    path: Path
+    scores: torch.Tensor
+    windows: int
+
+
+def audio_files(inputs: list[str]) -> Iterator[Path]:
+    """The files named, directories expanded to their audio files (sorted, recursively)."""
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        else:
+            yield path
+
+
+def windows_of(waveform: torch.Tensor, features, per_second: bool) -> torch.Tensor:
+    """(windows, frames, bins) model inputs covering the waveform (one window for per-second models)."""
+    samples_per_window = (features.target_length - 1) * features.frame_shift_samples + features.frame_length_samples
+    step = features.target_length * features.frame_shift_samples
+    count = 1 if per_second else max(1, math.ceil(max(waveform.shape[0] - samples_per_window, 0) / step) + 1)
+    return torch.stack([features.features(waveform[k * step : k * step + samples_per_window]) for k in range(count)])
+
+
+@torch.no_grad()
+def predict_file(model, path: Path, device: torch.device) -> Prediction:
+    """Scores of one file; raises ``ValueError`` for unreadable or silent audio."""
+    from ssamba.audio.io import AudioDecodeError, load_audio
+    from ssamba.interop.classifier import activate
+
+    try:
+        waveform = load_audio(path, model.features.sample_rate)
+    except (AudioDecodeError, OSError, RuntimeError) as error:
+        raise ValueError(f"unreadable ({error})") from None
+    if waveform.numel() == 0 or float(waveform.abs().max()) < SILENCE_PEAK:
+        raise ValueError("silent")
+    inputs = windows_of(waveform, model.features, model.task == "per_second")
+    scores = activate(model(inputs.to(device)), model.activation).cpu()
+    if model.task == "per_second":
+        audio_seconds = waveform.shape[0] / model.features.sample_rate
+        seconds = min(scores.shape[1], max(1, math.ceil(audio_seconds - 1e-9)))
+        return Prediction(path, scores[0, :seconds], 1)
+    return Prediction(path, scores.mean(dim=0), inputs.shape[0])
+
+
+def top_classes(scores: torch.Tensor, names: list[str], k: int) -> list[tuple[str, float]]:
+    values, index = scores.topk(min(k, scores.shape[-1]))
+    return [(names[i], float(v)) for v, i in zip(values.tolist(), index.tolist())]
+
+
+def format_prediction(pred: Prediction, names: list[str], k: int) -> str:
+    if pred.scores.ndim == 1:
+        window = f" ({pred.windows} windows averaged)" if pred.windows > 1 else ""
+        return f"{pred.path}{window}: " + ", ".join(f"{name} {score:.3f}" for name, score in top_classes(pred.scores, names, k))
+    lines = [f"{pred.path}:"]
+    for second, row in enumerate(pred.scores):
+        lines.append(f"  {second}-{second + 1} s: " + ", ".join(f"{name} {score:.3f}" for name, score in top_classes(row, names, k)))
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", help="audio files or directories (searched recursively for audio files)")
+    parser.add_argument("--model", required=True, type=Path, help="classifier export directory (RUN/model written by ssamba finetune)")
+    parser.add_argument("--top", type=int, default=5, help="classes shown per file or second (default 5)")
+    parser.add_argument("--jsonl", type=Path, default=None, help="also write one JSON object per file: path, top classes and scores")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs (auto: GPU when available)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ssamba.interop.checkpoints import CheckpointError
+    from ssamba.interop.classifier import load_classifier
+
+    if args.top < 1:
+        print("ssamba predict: --top must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        model = load_classifier(args.model)
+    except (CheckpointError, FileNotFoundError) as error:
+        print(f"ssamba predict: {error}", file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    model.to(device)
+    names = model.display_names or model.classes
+    skipped: list[str] = []
+    done = 0
+    out = args.jsonl.open("w", encoding="utf-8") if args.jsonl else None
+    try:
+        for path in audio_files(args.files):
+            try:
+                pred = predict_file(model, path, device)
+            except ValueError as problem:
+                skipped.append(f"{path} ({problem})")
+                continue
+            done += 1
+            print(format_prediction(pred, names, args.top), flush=True)
+            if out is not None:
+                rows = [pred.scores] if pred.scores.ndim == 1 else list(pred.scores)
+                record = {"path": str(pred.path), "windows": pred.windows,
+                          "top": [top_classes(row, names, args.top) for row in rows]}
+                if pred.scores.ndim == 1:
+                    record["top"] = record["top"][0]
+                out.write(json.dumps(record) + "\n")
+    finally:
+        if out is not None:
+            out.close()
+    if skipped:
+        print(f"skipped {len(skipped)} file(s): " + "; ".join(skipped), file=sys.stderr)
+    if done == 0:
+        print("ssamba predict: no file could be classified", file=sys.stderr)
+        return 1
+    return 0
