@@ -3,6 +3,7 @@
 examples:
   ssamba info
   SSAMBA_SCAN=ref ssamba info      # see which backend an override selects
+  ssamba info --device cuda        # which scan CUDA tensors get (cuda, else triton, else chunked) and why
 
 Never compiles or waits: the fused kernels are reported as usable only when their cached build is
 current (`ssamba build` makes it), and a build running elsewhere is named instead of waited for.
@@ -19,7 +20,7 @@ import torch
 
 import ssamba
 from ssamba.models.fused_scan import fused_kernel_isas, set_build_on_first_use
-from ssamba.models.scan import backend_status, resolve_backend
+from ssamba.models.scan import backend_status, explain_default_backend, resolve_backend
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,5 +45,6 @@ def main(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback reason is listed above
         chosen = resolve_backend(None, device)
-    print(f"scan on {device.type:<5} {chosen}" + (f" (from SSAMBA_SCAN={override})" if override else " (automatic)"))
+        why = f"from SSAMBA_SCAN={override}" if override else "automatic: " + explain_default_backend(device)[1]
+    print(f"scan on {device.type:<5} {chosen} ({why})")
     return 0

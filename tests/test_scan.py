@@ -96,10 +96,12 @@ def _clean_backend_state(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv(scan.ENV_VAR, raising=False)
     scan._load_fused.cache_clear()
     scan._load_cuda_scan.cache_clear()
+    scan._load_triton_scan.cache_clear()
     monkeypatch.setattr(scan, "_warned_fallbacks", set())
     yield
     scan._load_fused.cache_clear()
     scan._load_cuda_scan.cache_clear()
+    scan._load_triton_scan.cache_clear()
 
 
 # ----------------------------------------------------------------------------- numerics
@@ -223,7 +225,7 @@ def hide_module(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
 
 
 def test_backends_tuple() -> None:
-    assert BACKENDS == ("ref", "chunked", "compiled", "fused", "cuda")
+    assert BACKENDS == ("ref", "chunked", "compiled", "fused", "cuda", "triton")
     assert set(backend_status()) == set(BACKENDS)
     assert backend_status()["ref"] is None and backend_status()["chunked"] is None
 
@@ -251,18 +253,19 @@ def test_env_var_and_explicit_name_dispatch(monkeypatch: pytest.MonkeyPatch, nam
 
 
 def test_unknown_backend_name() -> None:
-    with pytest.raises(ValueError, match=r"unknown selective-scan backend 'fast' \(from backend argument\); expected one of ref, chunked, compiled, fused, cuda"):
+    with pytest.raises(ValueError, match=r"unknown selective-scan backend 'fast' \(from backend argument\); expected one of ref, chunked, compiled, fused, cuda, triton"):
         resolve_backend("fast", CPU)
 
 
 def test_unknown_backend_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(scan.ENV_VAR, "triton")
-    with pytest.raises(ValueError, match=r"unknown selective-scan backend 'triton' \(from \$SSAMBA_SCAN\)"):
+    monkeypatch.setenv(scan.ENV_VAR, "fast")
+    with pytest.raises(ValueError, match=r"unknown selective-scan backend 'fast' \(from \$SSAMBA_SCAN\)"):
         selective_scan(*(make_inputs(1, 2, 2, 3)[k] for k in ARG_NAMES[:5]))
 
 
 def test_cuda_missing_mamba_ssm(monkeypatch: pytest.MonkeyPatch) -> None:
     hide_module(monkeypatch, scan._CUDA_MODULE)
+    hide_module(monkeypatch, scan._TRITON_MODULE)
     with pytest.raises(RuntimeError, match=r"backend 'cuda' is unavailable: mamba_ssm is not importable .*pip install 'ssamba\[cuda\]'"):
         resolve_backend("cuda", torch.device("cuda"))
     assert "ssamba[cuda]" in backend_status()["cuda"]
@@ -330,6 +333,7 @@ def test_fused_is_the_cpu_default_when_usable(monkeypatch: pytest.MonkeyPatch) -
 def test_compiled_is_opt_in_only(monkeypatch: pytest.MonkeyPatch) -> None:
     hide_module(monkeypatch, scan._FUSED_MODULE)
     hide_module(monkeypatch, scan._CUDA_MODULE)
+    hide_module(monkeypatch, scan._TRITON_MODULE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert default_backend(CPU) == "chunked"

@@ -19,7 +19,7 @@ views of ``in_proj``'s output. The backward direction is a time-reversed recurre
 flipped sequence and flipping the result back. On CPU (float32/float64, eager mode), when the
 fused C++ extension builds, the conv + SiLU is the fused op of ``ssamba.models.fused_ops``, and
 with the ``fused`` scan backend the scan runs channel-last with a native ``reverse``: no
-transpose or flip copies anywhere. Other backends get the scan through
+transpose or flip copies anywhere; the ``triton`` backend (GPU) is called the same way. Other backends get the scan through
 :func:`~ssamba.models.scan.selective_scan` in mamba_ssm's (batch, E, L) layout, with explicit
 flips for the backward direction; under tracing or ``torch.compile`` the conv runs in PyTorch.
 :func:`set_fused_ops_enabled` switches the fused path off (for comparisons).
@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from ssamba.models import fused_ops
 from ssamba.models.fused_scan import fused_selective_scan_channels_last, fused_status
 from ssamba.models.scan import resolve_backend, selective_scan
+from ssamba.models.triton_scan import triton_selective_scan_channels_last
 
 BimambaType = Literal["none", "v1", "v2"]
 NormType = Literal["layernorm", "rmsnorm"]
@@ -214,6 +215,10 @@ class MambaMixer(nn.Module):
         A = -torch.exp(A_log.float())
         if self._fused_channels_last(xc):
             return fused_selective_scan_channels_last(
+                xc, delta, A, B, C, D.float(), z, dt_proj.bias.float(), delta_softplus=True, reverse=reverse
+            )
+        if resolve_backend(self.scan_backend, xc.device) == "triton":
+            return triton_selective_scan_channels_last(
                 xc, delta, A, B, C, D.float(), z, dt_proj.bias.float(), delta_softplus=True, reverse=reverse
             )
         y = selective_scan(

@@ -50,10 +50,15 @@ Backends
     mixer calls its channel-last entry point directly.
 ``cuda``
     mamba_ssm's CUDA kernel (``pip install 'ssamba[cuda]'``); CUDA tensors only.
+``triton``
+    The Triton kernels of ``ssamba.models.triton_scan`` (Triton ships with CUDA builds of torch,
+    so nothing is compiled by hand); CUDA tensors, or CPU tensors with ``TRITON_INTERPRET=1``
+    (Triton's interpreter, for tests). The mixer calls its channel-last entry point directly.
 
 Choosing a backend: ``backend=`` argument, else the ``SSAMBA_SCAN`` environment variable, else
-automatic: ``cuda`` (or ``chunked`` without mamba_ssm) for CUDA tensors, ``fused`` (or ``chunked``)
-on CPU.
+automatic (:func:`explain_default_backend` says why): for CUDA tensors ``cuda`` when mamba_ssm
+imports, else ``triton`` when triton imports, else ``chunked`` with a warning naming both reasons;
+on CPU ``fused`` (or ``chunked``).
 """
 
 from __future__ import annotations
@@ -72,7 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BACKENDS: tuple[str, ...] = ("ref", "chunked", "compiled", "fused", "cuda")
+BACKENDS: tuple[str, ...] = ("ref", "chunked", "compiled", "fused", "cuda", "triton")
 ENV_VAR = "SSAMBA_SCAN"
 CUDA_EXTRA_HINT = "install the GPU extra: pip install 'ssamba[cuda]'"
 
@@ -84,6 +89,7 @@ COMPILE_CHUNK_SIZE = 16
 _LOG2_E = 1.0 / math.log(2.0)
 _FUSED_MODULE = "ssamba.models.fused_scan"
 _CUDA_MODULE = "mamba_ssm.ops.selective_scan_interface"
+_TRITON_MODULE = "ssamba.models.triton_scan"
 _CXX_CANDIDATES = ("g++", "c++", "clang++")
 
 _warned_fallbacks: set[str] = set()
@@ -115,6 +121,24 @@ def _load_cuda_scan() -> tuple[Callable[..., Tensor] | None, str | None]:
     return module.selective_scan_fn, None
 
 
+@functools.cache
+def _load_triton_scan() -> tuple[ModuleType | None, str | None]:
+    """``ssamba.models.triton_scan`` and None when triton imports, else None and the reason (cached)."""
+    try:
+        module = importlib.import_module(_TRITON_MODULE)
+    except ImportError as err:
+        return None, f"{_TRITON_MODULE} cannot be imported ({err})"
+    reason = module.triton_status()
+    return (None, reason) if reason is not None else (module, None)
+
+
+def _triton_device_reason(module: ModuleType, device: torch.device) -> str | None:
+    """None when the triton kernels can run tensors on ``device``, else why not."""
+    if device.type == "cuda" or module.interpreter_enabled():
+        return None
+    return f"the 'triton' backend needs CUDA tensors, got tensors on {device} (TRITON_INTERPRET=1 runs it on CPU, slowly)"
+
+
 def _compiled_status() -> str | None:
     """None when ``torch.compile`` with a C++ compiler is available, else the reason."""
     if not torch._dynamo.is_dynamo_supported():
@@ -130,12 +154,16 @@ def backend_status() -> dict[str, str | None]:
     cuda_reason = _load_cuda_scan()[1]
     if cuda_reason is None and not torch.cuda.is_available():
         cuda_reason = "mamba_ssm imports, but torch sees no CUDA device"
+    triton_module, triton_reason = _load_triton_scan()
+    if triton_module is not None and not torch.cuda.is_available() and not triton_module.interpreter_enabled():
+        triton_reason = "triton imports, but torch sees no CUDA device (TRITON_INTERPRET=1 runs it on CPU, slowly)"
     return {
         "ref": None,
         "chunked": None,
         "compiled": _compiled_status(),
         "fused": _load_fused()[1],
         "cuda": cuda_reason,
+        "triton": triton_reason,
     }
 
 
@@ -145,19 +173,31 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=5)  # the caller of selective_scan
 
 
-def default_backend(device: torch.device) -> str:
-    """The automatic choice for tensors on ``device`` (ignores ``SSAMBA_SCAN``)."""
+def explain_default_backend(device: torch.device) -> tuple[str, str]:
+    """The automatic choice for tensors on ``device`` (ignores ``SSAMBA_SCAN``) and why, in words."""
     if torch.device(device).type == "cuda":
-        reason = _load_cuda_scan()[1]
-        if reason is None:
-            return "cuda"
-        _warn_once("cuda", f"selective scan: using the slow 'chunked' backend on CUDA because {reason}")
-        return "chunked"
+        cuda_reason = _load_cuda_scan()[1]
+        if cuda_reason is None:
+            return "cuda", "mamba_ssm's CUDA kernel imports"
+        triton_reason = _load_triton_scan()[1]
+        if triton_reason is None:
+            return "triton", f"{cuda_reason.split(';')[0]}; triton imports"
+        return "chunked", f"neither GPU scan kernel is usable: {cuda_reason}; and {triton_reason}"
     reason = _load_fused()[1]
     if reason is None:
-        return "fused"
-    _warn_once("fused", f"selective scan: fused CPU kernel unavailable ({reason}); using 'chunked'")
-    return "chunked"
+        return "fused", "the fused C++ CPU kernel builds here"
+    return "chunked", f"fused CPU kernel unavailable ({reason})"
+
+
+def default_backend(device: torch.device) -> str:
+    """The automatic choice for tensors on ``device`` (ignores ``SSAMBA_SCAN``); warns once when
+    it falls back to ``chunked``."""
+    name, why = explain_default_backend(device)
+    if name == "chunked" and torch.device(device).type == "cuda":
+        _warn_once("cuda", f"selective scan: using the slow 'chunked' backend on CUDA because {why}")
+    elif name == "chunked":
+        _warn_once("fused", f"selective scan: {why}; using 'chunked'")
+    return name
 
 
 def resolve_backend(name: str | None, device: torch.device) -> str:
@@ -190,6 +230,13 @@ def resolve_backend(name: str | None, device: torch.device) -> str:
             raise RuntimeError(f"selective-scan backend 'fused' is unavailable: {reason}")
         if device.type != "cpu":
             raise RuntimeError(f"selective-scan backend 'fused' runs on CPU tensors only, got tensors on {device}")
+    elif name == "triton":
+        module, reason = _load_triton_scan()
+        if module is None:
+            raise RuntimeError(f"selective-scan backend 'triton' is unavailable: {reason}")
+        reason = _triton_device_reason(module, device)
+        if reason is not None:
+            raise RuntimeError(f"selective-scan backend 'triton' is unavailable: {reason}")
     elif name == "compiled":
         reason = _compiled_status()
         if reason is not None:
@@ -448,6 +495,13 @@ def _scan_cuda(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Ten
     return scan_fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, return_last_state=False)
 
 
+def _scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None, delta_softplus: bool) -> Tensor:
+    module, reason = _load_triton_scan()
+    if module is None:
+        raise RuntimeError(f"selective-scan backend 'triton' is unavailable: {reason}")
+    return module.triton_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
 def _torch_backend(recurrence: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]) -> Callable[..., Tensor]:
     return functools.partial(_run_torch_backend, recurrence)
 
@@ -458,6 +512,7 @@ _IMPLEMENTATIONS: dict[str, Callable[..., Tensor]] = {
     "compiled": _torch_backend(_recurrence_compiled),
     "fused": _scan_fused,
     "cuda": _scan_cuda,
+    "triton": _scan_triton,
 }
 
 
