@@ -232,11 +232,15 @@ def _write_manifest(out: Path, rows: list[dict[str, object]], fields: tuple[str,
     return path
 
 
+TASK_FOLDERS = {"instrument": "A_instrument", "foley": "B_foley", "keywords": "C_keywords"}
+"""Task -> its folder under finetune/open_audio_probes/ and DATA/probes/."""
+
+
 def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ssamba.openaudio.probes", description=__doc__.split("\n")[0],
                                      epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=("instrument", "foley", "keywords"))
-    parser.add_argument("--out", type=Path, required=True, help="task folder (clips/ and manifest.csv)")
+    parser.add_argument("--out", type=Path, default=None, help="task folder (clips/ and manifest.csv; default DATA/probes/<task folder>)")
     parser.add_argument("--data", type=Path, default=Path("data/open_audio"), help="data folder (debs, raw) for A and B")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--notes", type=int, default=12, help="A: notes per program and bank")
@@ -246,6 +250,7 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phrases", type=int, default=None, help="C: use the first N phrases (tiny subsets)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the manifest exists")
     args = parser.parse_args(argv)
+    args.out = args.out or args.data / "probes" / TASK_FOLDERS[args.task]
     if (args.out / MANIFEST).exists() and not args.force:
         print(f"{args.out / MANIFEST} exists (use --force to rebuild)")
         return 0

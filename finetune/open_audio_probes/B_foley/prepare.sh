@@ -9,18 +9,6 @@
 #   other options go to `python -m ssamba.openaudio.probes foley` (see its --help)
 # Deterministic: the same --seed gives the same clips. A finished task is skipped unless --force.
 set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac
 . "$(dirname "$0")/../../../shell/env.sh"
-
-DATA="${DATA:-data/open_audio}"
-out=""
-args=()
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --data) DATA="$2"; shift 2 ;;
-        --out) out="$2"; shift 2 ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *) args+=("$1"); shift ;;
-    esac
-done
-out="${out:-$DATA/probes/B_foley}"
-exec python -m ssamba.openaudio.probes foley --data "$DATA" --out "$out"  "${args[@]}"
+exec python -m ssamba.openaudio.probes foley "$@"
