@@ -1,9 +1,11 @@
 """The `ssamba` command line: one sub-command per module, loaded on demand.
 
-Each sub-command lives in the module that owns the feature and exposes two functions:
-``add_arguments(parser)`` and ``main(args) -> int``. Its docstring's first line is the
-one-line help, the rest (examples) is shown by ``ssamba <command> --help``. ``ssamba --help``
-reads the summaries from the modules' source files without importing them (so without torch).
+Each sub-command is a module (``ssamba/commands/<command>.py``; ``build`` is ``ssamba.models.build``)
+that exposes two functions: ``add_arguments(parser)`` and ``main(args) -> int``. Its docstring's
+first line is the one-line help, the rest (examples) is shown by ``ssamba <command> --help``.
+A command module imports nothing that imports torch at its top level: ``main`` imports the library
+code that does the work, so ``ssamba <command> --help`` stays fast. ``ssamba --help`` reads the
+summaries from the modules' source files without importing them.
 
 Errors end a command with one line on stderr, ``ssamba <command>: error: <message>``, and exit
 status 2 for bad input (:class:`ssamba.errors.UserError`, ``ValueError``, a missing file; a
@@ -29,17 +31,17 @@ from ssamba.errors import UserError
 
 # command name -> module implementing it
 COMMANDS: dict[str, str] = {
-    "info": "ssamba.info",
+    "info": "ssamba.commands.info",
     "build": "ssamba.models.build",
-    "shards": "ssamba.data.shards",
-    "stats": "ssamba.data.stats",
-    "pretrain": "ssamba.train.pretrain",
-    "export": "ssamba.interop.export",
-    "import": "ssamba.interop.import_official",
-    "embed": "ssamba.interop.embed",
-    "probe": "ssamba.train.probe",
-    "finetune": "ssamba.train.finetune",
-    "predict": "ssamba.interop.predict",
+    "shards": "ssamba.commands.shards",
+    "stats": "ssamba.commands.stats",
+    "pretrain": "ssamba.commands.pretrain",
+    "export": "ssamba.commands.export",
+    "import": "ssamba.commands.import_official",
+    "embed": "ssamba.commands.embed",
+    "probe": "ssamba.commands.probe",
+    "finetune": "ssamba.commands.finetune",
+    "predict": "ssamba.commands.predict",
 }
 CHECKPOINT_READERS = ("pretrain", "export", "import", "embed")
 """Commands that read checkpoints: they accept ``--unsafe-load``."""

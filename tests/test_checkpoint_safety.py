@@ -21,6 +21,7 @@ from torch import nn
 
 import ssamba
 from conftest import TINY_DIM, TINY_MEL_BINS, tiny_export
+from ssamba.cli import COMMANDS
 from ssamba.cli import main as cli_main
 from ssamba.errors import UnsafeCheckpointError
 from ssamba.interop.checkpoints import CheckpointError, read_checkpoint
@@ -191,3 +192,23 @@ def test_help_and_version_do_not_import_torch():
     assert "pretrain  Pretrain an Audio Mamba encoder" in eval(help_text)
     assert eval(version) == f"ssamba {ssamba.__version__}\n"
     assert torch_imported == "False"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_command_help_does_not_import_torch(command):
+    """`ssamba <command> --help` shows the command's options and examples without importing torch (fast)."""
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from ssamba.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    try:\n"
+        f"        status = main([{command!r}, '--help'])\n"
+        "    except SystemExit as exit:\n"
+        "        status = exit.code\n"
+        "print(json.dumps({'status': status, 'help': out.getvalue(), 'torch': 'torch' in sys.modules}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    report = json.loads(result.stdout)
+    assert report["status"] == 0
+    assert f"usage: ssamba {command}" in report["help"] and "--debug" in report["help"]
+    assert report["torch"] is False, f"`ssamba {command} --help` imported torch"

@@ -18,9 +18,10 @@ from ssamba import cli
 from ssamba.audio.fbank import FeatureConfig
 from ssamba.audio.io import load_audio
 from conftest import deadline
+from ssamba.commands.shards import parse_size
 from ssamba.data import shards
 from ssamba.data.parallel import WorkerDiedError
-from ssamba.data.shards import ShardOptions, parse_size, write_shards
+from ssamba.data.shards import ShardOptions, write_shards
 from ssamba.data.sources import AudioRecord, key_hash, ast_json, audioset, folder, librispeech, manifest
 from ssamba.data.stats import compute_stats
 from ssamba.data.stream import iter_tar_samples

@@ -1,33 +1,10 @@
 """Write WebDataset tar shards of 16 kHz mono FLAC + JSON metadata from an audio corpus.
 
-examples:
-  ssamba shards librispeech /data/LibriSpeech/train-clean-100 -o shards/ls100
-  ssamba shards audioset /data/audioset/clips -o shards/as-bal \\
-      --segments balanced_train_segments.csv --labels class_labels_indices.csv
-  ssamba shards folder ./my_audio -o shards/mine --labels-from-dirs --max-count 500
-  ssamba shards ast_json audioset_librispeech.json -o shards/mix --labels class_labels_indices.csv
-  ssamba shards manifest clips.jsonl -o shards/clips --max-bytes 500M --workers 8
-  ssamba shards manifest labelled.csv -o shards/esc50      # labelled: classes.json + split/fold/group per sample
-  ssamba shards folder ./my_audio -o shards/mine-fbank --fbank     # precomputed float16 fbank
-
-Each sample is ``<key>.flac`` (or ``<key>.fbank.npy`` with --fbank) plus ``<key>.json``
-(source, path, duration, labels, original rate/channels, corpus extras). Shards are named
-``<prefix>-000000.tar`` ... and filled in input order up to --max-count samples / --max-bytes.
-Decoding runs in --workers processes; the output is byte-identical for the same inputs.
-A rerun with the same inputs skips the shards already finished (progress.jsonl); so does a rerun
-after a worker process died (the writer stops with a message instead of waiting). At the end,
-index.json lists the shards, counts and hours, and rejects.jsonl names every input that was
-skipped and why: missing (dangling symlinks too), empty, unreadable (special files too),
-too_short, non_finite (NaN/Inf samples), bad_sample_rate (outside 1000..768000 Hz), too_loud
-(float peak above 2.0: unscaled samples) or duplicate. Peaks in (1, 2] are clipped and counted.
-Sample keys are the relative paths with '.', '/' and other unsafe characters replaced by '_';
-names with spaces, non-ASCII or non-UTF-8 characters (and keys that would still collide) get a
-hash of the exact name appended, so every input gets its own stable key.
+The `ssamba shards` command (its options and examples) is :mod:`ssamba.commands.shards`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -45,7 +22,7 @@ import torch
 from ssamba.audio.fbank import FeatureConfig
 from ssamba.audio.io import AudioDecodeError, decode_file, encode_flac, resample
 from ssamba.data.parallel import WorkerDiedError, ordered_map
-from ssamba.data.sources import KEY_HASH_CHARS, MAX_KEY_LENGTH, AudioRecord, display_path, key_hash, ast_json, audioset, folder, librispeech, manifest
+from ssamba.data.sources import KEY_HASH_CHARS, MAX_KEY_LENGTH, AudioRecord, display_path, key_hash
 
 INDEX_FORMAT = "ssamba-shards/1"
 INDEX_FILE = "index.json"
@@ -57,7 +34,6 @@ TAR_END_BYTES = 2 * TAR_BLOCK  # two zero blocks close a tar
 DETERMINISTIC_MTIME = 0
 SECONDS_PER_HOUR = 3600.0
 REJECT_REASONS = ("missing", "empty", "unreadable", "too_short", "non_finite", "bad_sample_rate", "too_loud", "duplicate")
-SIZE_SUFFIXES = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 
 @dataclass(frozen=True)
@@ -399,70 +375,3 @@ def _write_index(out_dir: Path, done: list[dict[str, object]], options: ShardOpt
         index["fbank"] = options.features.kaldi_options
     (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
     return index
-
-
-# --- command line -----------------------------------------------------------------------------
-
-SOURCES: dict[str, Callable[[argparse.Namespace], list[AudioRecord]]] = {
-    "librispeech": lambda a: librispeech.scan(a.input),
-    "audioset": lambda a: audioset.scan(a.input, a.segments or [], _require(a.labels, "audioset needs --labels class_labels_indices.csv")),
-    "folder": lambda a: folder.scan(a.input, labels_from_dirs=a.labels_from_dirs),
-    "ast_json": lambda a: ast_json.scan(a.input, a.labels),
-    "manifest": lambda a: manifest.scan(a.input, a.labels),
-}
-
-
-def _require(value: str | None, message: str) -> str:
-    if not value:
-        raise ValueError(message)
-    return value
-
-
-def parse_size(text: str) -> int:
-    """'500M', '2G', '1000000' -> bytes (decimal units)."""
-    text = text.strip().upper().removesuffix("B")
-    factor = SIZE_SUFFIXES.get(text[-1:], 1)
-    number = text[:-1] if text[-1:] in SIZE_SUFFIXES else text
-    try:
-        return int(float(number) * factor)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a size like 500M or 2G, got {text!r}") from exc
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", choices=sorted(SOURCES), help="input layout")
-    parser.add_argument("input", help="dataset root / clips folder / JSON datafile / manifest")
-    parser.add_argument("-o", "--output", required=True, help="output folder for the shards")
-    parser.add_argument("--segments", action="append", help="audioset: a segment CSV (repeat for balanced/unbalanced/eval)")
-    parser.add_argument("--labels", help="class_labels_indices.csv (audioset: required; ast_json/manifest: maps mids to indices)")
-    parser.add_argument("--labels-from-dirs", action="store_true", help="folder: label = first sub-folder name")
-    parser.add_argument("--max-count", type=int, default=ShardOptions.max_count, help="samples per shard (default %(default)s)")
-    parser.add_argument("--max-bytes", type=parse_size, default=ShardOptions.max_bytes, help="bytes per shard, e.g. 500M (default 1G)")
-    parser.add_argument("--min-seconds", type=float, default=ShardOptions.min_seconds, help="reject shorter clips (default %(default)s)")
-    parser.add_argument("--sample-rate", type=int, default=ShardOptions.sample_rate, help="output rate in Hz (default %(default)s)")
-    parser.add_argument("--prefix", default=ShardOptions.prefix, help="shard file prefix (default %(default)s)")
-    parser.add_argument("--fbank", action="store_true", help="store precomputed float16 SSAMBA fbank instead of FLAC")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: all cores)")
-    parser.add_argument("--overwrite", action="store_true", help="replace shards written from other inputs/options")
-
-
-def main(args: argparse.Namespace) -> int:
-    records = SOURCES[args.source](args)
-    options = ShardOptions(
-        sample_rate=args.sample_rate, max_count=args.max_count, max_bytes=args.max_bytes,
-        min_seconds=args.min_seconds, prefix=args.prefix, fbank=args.fbank,
-        features=FeatureConfig(sample_rate=args.sample_rate),
-    )
-    index = write_shards(records, args.output, options, workers=args.workers, overwrite=args.overwrite)
-    if args.source == "manifest" and manifest.is_labelled(args.input):
-        from ssamba.data.labelled import CLASSES_FILE, read_labelled
-
-        classes = read_labelled(args.input, class_table=args.labels).classes
-        (Path(args.output) / CLASSES_FILE).write_text(json.dumps(classes, ensure_ascii=False) + "\n", encoding="utf-8")
-    rejects = index["rejects"]
-    clipped = f"; {index['clipped']} clips had peaks above 1 and were clipped (\"clipped\" in their metadata)" if index["clipped"] else ""
-    print(
-        f"{len(index['shards'])} shards, {index['count']} clips, {index['hours']:.3f} h in {args.output}; "
-        f"{rejects['count']} rejected {rejects['by_reason']} (see {Path(args.output) / REJECTS_FILE}){clipped}"
-    )
-    return 0

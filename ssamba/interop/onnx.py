@@ -28,11 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssamba.commands.export import DEFAULT_OPSET, ONNX_EXTRA_HINT
 from ssamba.models.encoder import AudioMambaEncoder
 from ssamba.models.mamba import MambaMixer, from_scan_layout, to_scan_layout
-
-DEFAULT_OPSET = 17
-ONNX_EXTRA_HINT = "pip install 'ssamba[onnx]'"
 
 
 def prefix_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor) -> Tensor:

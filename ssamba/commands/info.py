@@ -16,18 +16,18 @@ import os
 import platform
 import warnings
 
-import torch
-
-import ssamba
-from ssamba.models.fused_scan import fused_kernel_isas, set_build_on_first_use
-from ssamba.models.scan import backend_status, explain_default_backend, resolve_backend
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="device to report the scan choice for (default: cuda if available, else cpu)")
 
 
 def main(args: argparse.Namespace) -> int:
+    import torch
+
+    import ssamba
+    from ssamba.models.fused_scan import fused_kernel_isas, set_build_on_first_use
+    from ssamba.models.scan import backend_status, explain_default_backend, resolve_backend
+
     set_build_on_first_use(False)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available"

@@ -15,12 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from ssamba.interop.checkpoints import (
-    CheckpointError,
-    adapt_checkpoint,
-    read_checkpoint,
-)
-from ssamba.interop.export import add_adaptation_arguments, run_export
+from ssamba.commands.export import add_adaptation_arguments
 
 OFFICIAL_LAYOUTS = ("ssamba-official", "aum")
 
@@ -31,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from ssamba.interop.checkpoints import CheckpointError, adapt_checkpoint, read_checkpoint
+    from ssamba.interop.export import run_export
+
     checkpoint = read_checkpoint(args.source)
     if checkpoint.layout not in OFFICIAL_LAYOUTS:
         raise CheckpointError(f"{checkpoint.source}: a '{checkpoint.layout}' checkpoint of this package, not an official one; use `ssamba export`")
