@@ -505,6 +505,12 @@ class DeepSpeedEngine:
 # ------------------------------------------------------------------------------------ checkpoints
 
 
+class NonFiniteLossError(UserError, RuntimeError):
+    """Too many micro-batches in a row had a non-finite loss or gradient."""
+
+    exit_code = 1
+
+
 class CheckpointWriteError(UserError, RuntimeError):
     """A checkpoint could not be written (full disk, lost mount, permissions); the previous one is intact."""
 
@@ -675,6 +681,21 @@ class RunLock:
         fcntl.flock(self._handle, fcntl.LOCK_UN)
         self._handle.close()
         self._handle = None
+
+
+def lock_run(lock: RunLock, info: DistInfo) -> list[str]:
+    """Rank 0 locks the run directory; every rank learns whether it could (so all stop together)."""
+    notes: list[str] = []
+    error: RunLockedError | None = None
+    if info.is_main:
+        try:
+            taken_over = lock.acquire()
+            notes += [taken_over] if taken_over else []
+        except RunLockedError as locked:
+            error = locked
+    if not broadcast(torch.tensor([float(error is None)])).item():
+        raise error or RunLockedError(f"{lock.path.parent} is in use by another run (rank 0 could not lock it)")
+    return notes
 
 
 def _describe_owner(text: str) -> str:

@@ -23,11 +23,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssamba.data.stream import derive_seed
+from ssamba.interop.checkpoints import torch_load
 from ssamba.train.config import ConfigError
 from ssamba.train.engine import (
     CheckpointManager,
     DeepSpeedEngine,
     DistInfo,
+    NonFiniteLossError,
+    RunLock,
     TorchEngine,
     all_reduce,
     barrier,
@@ -35,6 +38,7 @@ from ssamba.train.engine import (
     deepspeed_config,
     gather_objects,
     init_distributed,
+    lock_run,
     seed_everything,
     shutdown_distributed,
 )
@@ -57,10 +61,6 @@ BALANCE_SMOOTHING = 0.01
 
 
 END_OF_EPOCH = object()
-
-
-class NonFiniteLossError(RuntimeError):
-    """Too many micro-batches in a row had a non-finite loss or gradient."""
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -507,7 +507,7 @@ def model_state(model: nn.Module) -> dict[str, Tensor]:
 
 def load_finetune_checkpoint(path: Path) -> dict[str, Any]:
     """A fine-tuning checkpoint (tensors, numbers, strings, lists and dicts only: weights_only loading)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = torch_load(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"{path} is not an ssamba fine-tuning checkpoint (no format={CHECKPOINT_FORMAT!r})")
     if payload.get("version") != CHECKPOINT_VERSION:
@@ -1009,8 +1009,11 @@ def finetune(cfg: FinetuneConfig, resume: str = "never", progress: bool = True) 
     plans = plan_folds(cfg, data)  # every data problem is raised here, before any training
     background_noise = load_background_noise(cfg)
     info = init_distributed(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_minutes, single_process_group=cfg.dist.engine == "deepspeed")
+    run_dir = Path(cfg.run.dir)
+    lock = RunLock(run_dir)
     try:
-        run_dir = Path(cfg.run.dir)
+        for note in lock_run(lock, info):
+            print(note, file=sys.stderr, flush=True)
         ctx = Context(cfg, info, data, run_dir, background_noise)
         fold_results = []
         for plan in plans:
@@ -1024,6 +1027,7 @@ def finetune(cfg: FinetuneConfig, resume: str = "never", progress: bool = True) 
             print(summary_line(cfg, results), flush=True)
         return results
     finally:
+        lock.release()
         shutdown_distributed()
 
 
@@ -1050,23 +1054,16 @@ def _fmt(scores: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_finetune_config(args.config, args.overrides)
-        if args.dry_run:
-            plans = plan_folds(cfg, read_data(cfg))
-            background_noise = load_background_noise(cfg)
-            print(cfg.to_yaml(), end="")
-            for plan in plans:
-                sizes = ", ".join(f"{name} {len(part) if part is not None else 0}" for name, part in (("train", plan.train), ("valid", plan.valid), ("test", plan.test)))
-                print(f"# {plan.name or 'run'}: {sizes} clips")
-            if background_noise is not None:
-                print(f"# background noise: {len(background_noise.recordings)} recordings from {background_noise.source}")
-            return 0
-        finetune(cfg, resume=args.resume, progress=not args.no_progress)
-    except ConfigError as error:
-        print(f"ssamba finetune: config error: {error}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as error:
-        print(f"ssamba finetune: {error}", file=sys.stderr)
-        return 1
+    cfg = load_finetune_config(args.config, args.overrides)
+    if args.dry_run:
+        plans = plan_folds(cfg, read_data(cfg))
+        background_noise = load_background_noise(cfg)
+        print(cfg.to_yaml(), end="")
+        for plan in plans:
+            sizes = ", ".join(f"{name} {len(part) if part is not None else 0}" for name, part in (("train", plan.train), ("valid", plan.valid), ("test", plan.test)))
+            print(f"# {plan.name or 'run'}: {sizes} clips")
+        if background_noise is not None:
+            print(f"# background noise: {len(background_noise.recordings)} recordings from {background_noise.source}")
+        return 0
+    finetune(cfg, resume=args.resume, progress=not args.no_progress)
     return 0

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ssamba.data.stream import INDEX_FILE, derive_seed, expand_shards
-from ssamba.errors import RunLockedError, UnsafeCheckpointError, UserError
+from ssamba.errors import UnsafeCheckpointError
 from ssamba.interop.checkpoints import CheckpointError
 from ssamba.train.config import ConfigError, PretrainConfig, load_config
 from ssamba.train.engine import (
@@ -31,6 +31,7 @@ from ssamba.train.engine import (
     DeepSpeedEngine,
     DistInfo,
     LRSchedule,
+    NonFiniteLossError,
     RunLock,
     TorchEngine,
     all_reduce,
@@ -40,6 +41,7 @@ from ssamba.train.engine import (
     gather_objects,
     init_distributed,
     load_checkpoint,
+    lock_run,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -58,12 +60,6 @@ FREE_ON_RESUME = {"model.scan_backend"}
 
 UNREADABLE_SUFFIX = ".unreadable"
 """Checkpoints that ``--resume auto`` could not read are renamed with this suffix (kept, never deleted)."""
-
-
-class NonFiniteLossError(UserError, RuntimeError):
-    """Too many micro-batches in a row had a non-finite loss or gradient."""
-
-    exit_code = 1
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -474,19 +470,6 @@ def pretrain(cfg: PretrainConfig, resume: str = "never", progress: bool = True, 
         shutdown_distributed()
 
 
-def lock_run(lock: RunLock, info: DistInfo) -> list[str]:
-    """Rank 0 locks the run directory; every rank learns whether it could (so all stop together)."""
-    notes: list[str] = []
-    error: RunLockedError | None = None
-    if info.is_main:
-        try:
-            taken_over = lock.acquire()
-            notes += [taken_over] if taken_over else []
-        except RunLockedError as locked:
-            error = locked
-    if not broadcast(torch.tensor([float(error is None)])).item():
-        raise error or RunLockedError(f"{lock.path.parent} is in use by another run (rank 0 could not lock it)")
-    return notes
 
 
 def train_loop(
