@@ -352,7 +352,7 @@ def test_triton_status_without_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_info_says_which_backend_and_why(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     import argparse
 
-    from ssamba import info
+    from ssamba.commands import info
 
     monkeypatch.setitem(sys.modules, scan._CUDA_MODULE, None)
     assert info.main(argparse.Namespace(device="cuda")) == 0

@@ -76,6 +76,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ssamba.audio.augment import AugmentConfig, add_noise_and_roll, mixup_batch, mixup_waveforms, spec_augment
 from ssamba.audio.fbank import FeatureConfig, normalize, pad_or_crop
 from ssamba.audio.io import decode_bytes
+from ssamba.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ LOST_KEY = "__lost__"
 _PRIVATE_KEYS = ("_worker", "_skipped")
 
 
-class LoaderConfigError(RuntimeError):
+class LoaderConfigError(UserError, RuntimeError):
     """The data do not fit the loader's configuration; fatal (not a skippable corrupt sample)."""
 
 
