@@ -111,7 +111,7 @@ def test_ssast_json_list_with_class_table(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"bad.json row 1: label '/m/z' is not in the class list"):
         read_labelled(tmp_path / "bad.json", class_table=tmp_path / "class_labels_indices.csv")
     _write(tmp_path / "broken.json", json.dumps({"data": [{"labels": "/m/a"}]}))
-    with pytest.raises(ValueError, match=r'broken.json entry 1: no "wav" path'):
+    with pytest.raises(ValueError, match=r'broken.json: entry 0 has no "wav" path'):
         read_labelled(tmp_path / "broken.json")
 
 

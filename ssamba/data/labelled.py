@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from ssamba.audio.fbank import FeatureConfig
+from ssamba.data.sources.ast_json import read_datafile
 
 SPLITS = ("train", "valid", "test")
 LABEL_SEPARATOR = ";"
@@ -292,17 +293,9 @@ def _read_csv(path: Path) -> list[LabelledClip]:
 
 
 def _read_json_list(path: Path) -> list[LabelledClip]:
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
-    if not isinstance(content, dict) or not isinstance(content.get("data"), list):
-        raise ValueError(f'{path}: expected {{"data": [{{"wav": ..., "labels": ...}}, ...]}}')
     clips = []
-    for row_no, entry in enumerate(content["data"], 1):
+    for row_no, entry in enumerate(read_datafile(path), 1):
         where = f"{path} entry {row_no}"
-        if not isinstance(entry, dict) or not isinstance(entry.get("wav"), str) or not entry["wav"]:
-            raise ValueError(f'{where}: no "wav" path: {entry!r}')
         labels = entry.get("labels", "")
         if isinstance(labels, list):
             labels = LEGACY_LABEL_SEPARATOR.join(map(str, labels))

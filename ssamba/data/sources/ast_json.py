@@ -43,19 +43,26 @@ def records_from_entries(
     return records
 
 
-def scan(json_path: str | Path, class_labels_csv: str | Path | None = None) -> list[AudioRecord]:
-    """Records in datafile order."""
-    json_path = Path(json_path)
+def read_datafile(json_path: Path) -> list[dict]:
+    """The entries of an SSAST/AuM data list (``{"data": [{"wav": ..., "labels": ...}, ...]}``), in file
+    order, each checked to have a ``wav`` path; errors name the file and the 0-based entry."""
     try:
         content = json.loads(json_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{json_path}: not valid JSON: {exc}") from exc
     if not isinstance(content, dict) or not isinstance(content.get("data"), list):
         raise ValueError(f'{json_path}: expected {{"data": [{{"wav": ..., "labels": ...}}, ...]}}')
-    entries = []
     for index, entry in enumerate(content["data"]):
-        if not isinstance(entry, dict) or not isinstance(entry.get("wav"), str):
+        if not isinstance(entry, dict) or not isinstance(entry.get("wav"), str) or not entry["wav"]:
             raise ValueError(f'{json_path}: entry {index} has no "wav" path: {entry!r}')
+    return content["data"]
+
+
+def scan(json_path: str | Path, class_labels_csv: str | Path | None = None) -> list[AudioRecord]:
+    """Records in datafile order."""
+    json_path = Path(json_path)
+    entries = []
+    for entry in read_datafile(json_path):
         extra = {k: v for k, v in entry.items() if k not in ("wav", "labels")}
         entries.append((entry["wav"], entry.get("labels"), extra))
     label_ids = read_class_labels(class_labels_csv) if class_labels_csv else None
