@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import argparse
 
-DEFAULT_WINDOW_SECONDS = 10.0
-DEFAULT_BATCH_SIZE = 16
+from ssamba.defaults import DEFAULT_BATCH_SIZE, DEFAULT_WINDOW_SECONDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 
-ONNX_FILE = "model.onnx"
-DEFAULT_OPSET = 17
-ONNX_EXTRA_HINT = "pip install 'ssamba[onnx]'"
+from ssamba.defaults import DEFAULT_OPSET, ONNX_EXTRA_HINT, ONNX_FILE
 
 
 def add_adaptation_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,17 +29,8 @@ Results (per split/fold, mean and spread, clips/s embedded, fit time) are printe
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
-DEFAULT_C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
-DEFAULT_BATCH_SIZE = 16
-DEFAULT_WINDOW_SECONDS = 10.0
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/ssamba/probe`` (``~/.cache/ssamba/probe``)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ssamba" / "probe"
+from ssamba.defaults import DEFAULT_BATCH_SIZE, DEFAULT_C_GRID, DEFAULT_WINDOW_SECONDS, default_cache_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

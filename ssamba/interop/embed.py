@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ssamba.audio.fbank import MILLISECONDS_PER_SECOND, FeatureConfig, normalize
-from ssamba.commands.embed import DEFAULT_BATCH_SIZE, DEFAULT_WINDOW_SECONDS
+from ssamba.defaults import DEFAULT_BATCH_SIZE, DEFAULT_WINDOW_SECONDS
 from ssamba.interop.checkpoints import Checkpoint, adapt_checkpoint, read_checkpoint
 from ssamba.models.encoder import AudioMambaEncoder
 

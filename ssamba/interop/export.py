@@ -15,7 +15,7 @@ from typing import Any
 
 import ssamba
 from ssamba.audio.fbank import FeatureConfig, fbank
-from ssamba.commands.export import DEFAULT_OPSET, ONNX_FILE
+from ssamba.defaults import DEFAULT_OPSET, ONNX_FILE
 from ssamba.interop.checkpoints import (
     CONFIG_FILE,
     EXPORT_FORMAT,

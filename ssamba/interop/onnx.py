@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssamba.commands.export import DEFAULT_OPSET, ONNX_EXTRA_HINT
+from ssamba.defaults import DEFAULT_OPSET, ONNX_EXTRA_HINT
 from ssamba.models.encoder import AudioMambaEncoder
 from ssamba.models.mamba import MambaMixer, from_scan_layout, to_scan_layout
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ssamba.audio.fbank import MILLISECONDS_PER_SECOND, FeatureConfig
-from ssamba.commands.probe import DEFAULT_BATCH_SIZE, DEFAULT_C_GRID, DEFAULT_WINDOW_SECONDS, default_cache_dir
+from ssamba.defaults import DEFAULT_BATCH_SIZE, DEFAULT_C_GRID, DEFAULT_WINDOW_SECONDS, default_cache_dir
 from ssamba.data.labelled import LabelledClip, LabelledSet, SkippedClip, load_clip_waveform, read_labelled, validate
 from ssamba.train.scores import classification_scores
 
