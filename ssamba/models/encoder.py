@@ -286,8 +286,8 @@ class AudioMambaEncoder(nn.Module):
             return hidden, residual
         for fwd, bwd in zip(self.layers[0::2], self.layers[1::2]):
             h_f, r_f = fwd(hidden, residual)
-            h_b, r_b = bwd(hidden.flip(1), None if residual is None else residual.flip(1))
-            hidden, residual = h_f + h_b.flip(1), r_f + r_b.flip(1)
+            h_b, r_b = bwd(hidden, residual, time_reversed=True)  # the flipped sequence, kept in input order
+            hidden, residual = h_f + h_b, r_f + r_b
             if states is not None:
                 states.append(residual + hidden)
         return hidden, residual

@@ -72,4 +72,6 @@ def causal_conv1d_silu_channels_last(x: Tensor, weight: Tensor, bias: Tensor | N
         raise ValueError(f"{op}: bias must be ({x.shape[2]},), got shape {tuple(bias.shape)}")
     if x.stride(2) != 1:
         x = x.contiguous()
+    if not torch.is_grad_enabled():  # inference: no autograd node, nothing saved
+        return fused_extension().causal_conv1d_silu_forward(x, weight.contiguous(), bias, bool(reverse))
     return _CausalConv1dSilu.apply(x, weight.contiguous(), bias, bool(reverse))

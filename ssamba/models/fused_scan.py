@@ -19,6 +19,9 @@ holds 16 adjacent channels (float32), so the recurrence is vectorised over chann
 horizontal sums. The forward keeps the state only every ``CHECKPOINT_INTERVAL`` steps; the
 backward recomputes each block from its checkpoint, so the extra memory is
 O(batch * dim * N * L / CHECKPOINT_INTERVAL) and no (batch, L, dim, N) tensor is ever built.
+Under ``torch.no_grad()`` / ``inference_mode`` nothing is kept for a backward, and
+:func:`fused_selective_scan_inference` runs the mixer's inference path: several directions summed
+into one output in one pass over each tile, with ``dt_proj`` computed inside the kernel.
 Work is spread over ``torch.get_num_threads()`` OpenMP threads, one (batch, 16 channels) tile at
 a time. On x86-64 with GCC the kernels are compiled for AVX-512, AVX2 and the baseline ISA and the
 widest one the CPU runs is used (:func:`fused_kernel_isas`).
@@ -31,8 +34,10 @@ import os
 import platform
 import shutil
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import NamedTuple
 
 import torch
 
@@ -47,11 +52,13 @@ from ssamba.models.build import (
 
 __all__ = [
     "CHECKPOINT_INTERVAL",
+    "ScanDirection",
     "fused_build_directory",
     "fused_extension",
     "fused_kernel_isas",
     "fused_selective_scan",
     "fused_selective_scan_channels_last",
+    "fused_selective_scan_inference",
     "fused_status",
     "set_build_on_first_use",
     "set_fused_kernel_isa",
@@ -358,19 +365,72 @@ def _scan_channels_last(
         t = t.to(compute_dtype)
         return t.contiguous() if vector or t.stride(-1) != 1 else t
 
-    out = _FusedSelectiveScan.apply(
-        prepare(u),
-        prepare(delta),
-        prepare(A),
-        prepare(B),
-        prepare(C),
-        prepare(D, vector=True),
-        prepare(z),
-        prepare(delta_bias, vector=True),
-        bool(delta_softplus),
-        bool(reverse),
-    )
+    args = (prepare(u), prepare(delta), prepare(A), prepare(B), prepare(C), prepare(D, vector=True), prepare(z),
+            prepare(delta_bias, vector=True), bool(delta_softplus), bool(reverse))
+    if torch.is_grad_enabled():
+        out = _FusedSelectiveScan.apply(*args)
+    else:  # inference: no state checkpoints, no pre-gate copy
+        u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, softplus, backwards = args
+        out = fused_extension().forward(
+            u_c, delta_c, A_c.t().contiguous(), B_c, C_c, D_c, z_c, bias_c, softplus, backwards, CHECKPOINT_INTERVAL, False
+        )[0]
     return out.to(u.dtype)
+
+
+class ScanDirection(NamedTuple):
+    """One direction of :func:`fused_selective_scan_inference`, channel-last, with ``dt_proj`` fused in:
+    delta = dt_low @ dt_weight.T (the mixer's ``dt_proj`` without its bias, which is ``delta_bias``)."""
+
+    u: torch.Tensor  # (batch, L, dim)
+    dt_low: torch.Tensor  # (batch, L, R), e.g. a slice of x_proj's output
+    dt_weight: torch.Tensor  # (dim, R), dt_proj.weight
+    A: torch.Tensor  # (dim, N)
+    B: torch.Tensor  # (batch, L, N)
+    C: torch.Tensor  # (batch, L, N)
+    D: torch.Tensor  # (dim,)
+    delta_bias: torch.Tensor  # (dim,)
+    reverse: bool
+
+
+def fused_selective_scan_inference(
+    directions: Sequence[ScanDirection], z: torch.Tensor | None, out_scale: float = 1.0, delta_softplus: bool = True
+) -> torch.Tensor:
+    """Forward-only selective scan of one or more directions sharing the gate ``z``, summed:
+    ``out_scale * sum_d scan(direction_d)``, each term as :func:`fused_selective_scan_channels_last`
+    computes it (with ``delta = dt_low @ dt_weight.T``), in one pass over each (batch, channels) tile.
+
+    The inference path of a bidirectional mixer (both directions and the ``divide_out`` halving in one
+    call); no gradients. CPU float32/float64 tensors of one dtype; the per-step inputs (u, dt_low, B, C,
+    z) may be strided views whose last dimension is contiguous.
+    """
+    if not directions:
+        raise ValueError("fused_selective_scan_inference: at least one direction is needed")
+    dtype = directions[0].u.dtype
+    tensors = [t for d in directions for t in d[:-1]] + ([z] if z is not None else [])
+    for t in tensors:
+        if t.device.type != "cpu" or t.dtype != dtype or dtype not in (torch.float32, torch.float64):
+            raise ValueError(
+                f"fused_selective_scan_inference: inputs must be CPU float32 or float64 tensors of one dtype, "
+                f"got {t.dtype} on {t.device} next to {dtype}"
+            )
+
+    def rows(t: torch.Tensor) -> torch.Tensor:
+        return t if t.stride(-1) == 1 else t.contiguous()
+
+    return fused_extension().inference(
+        [rows(d.u) for d in directions],
+        [rows(d.dt_low) for d in directions],
+        [d.dt_weight.t().contiguous() for d in directions],
+        [d.A.t().contiguous() for d in directions],
+        [rows(d.B) for d in directions],
+        [rows(d.C) for d in directions],
+        [d.D.contiguous() for d in directions],
+        [d.delta_bias.contiguous() for d in directions],
+        [bool(d.reverse) for d in directions],
+        None if z is None else rows(z),
+        bool(delta_softplus),
+        float(out_scale),
+    )
 
 
 def fused_selective_scan(

@@ -23,6 +23,13 @@ transpose or flip copies anywhere; the ``triton`` backend (GPU) is called the sa
 :func:`~ssamba.models.scan.selective_scan` in mamba_ssm's (batch, E, L) layout, with explicit
 flips for the backward direction; under tracing or ``torch.compile`` the conv runs in PyTorch.
 :func:`set_fused_ops_enabled` switches the fused path off (for comparisons).
+
+Inference (gradients disabled: ``torch.no_grad()`` or ``inference_mode``) on the fused CPU path
+does only what inference needs: both directions of a layer go through one call of
+:func:`~ssamba.models.fused_scan.fused_selective_scan_inference` (summed and halved in the kernel,
+``dt_proj`` computed inside it, no state checkpoints), and ``time_reversed`` lets a paired layer
+run on the time-reversed sequence without flip copies. Every scan shows in a profile as
+``ssamba::selective_scan``.
 """
 
 from __future__ import annotations
@@ -35,7 +42,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssamba.models import fused_ops
-from ssamba.models.fused_scan import fused_selective_scan_channels_last, fused_status
+from ssamba.models.fused_scan import (
+    ScanDirection,
+    fused_selective_scan_channels_last,
+    fused_selective_scan_inference,
+    fused_status,
+)
 from ssamba.models.scan import resolve_backend, selective_scan
 from ssamba.models.triton_scan import triton_selective_scan_channels_last
 
@@ -45,6 +57,8 @@ NormType = Literal["layernorm", "rmsnorm"]
 DT_MIN = 1e-3
 DT_MAX = 1e-1
 DT_INIT_FLOOR = 1e-4
+SCAN_PROFILE_LABEL = "ssamba::selective_scan"
+"""``torch.profiler`` label of every selective scan a mixer runs (benchmarks/inference.py times them)."""
 
 
 class RMSNorm(nn.Module):
@@ -213,6 +227,11 @@ class MambaMixer(nn.Module):
         dt_low, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt_low, dt_proj.weight)
         A = -torch.exp(A_log.float())
+        with torch.profiler.record_function(SCAN_PROFILE_LABEL):
+            return self._scan_op(xc, delta, A, B, C, dt_proj, D, z, reverse)
+
+    def _scan_op(self, xc: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, dt_proj: nn.Linear, D: Tensor, z: Tensor, reverse: bool) -> Tensor:
+        """The scan of :meth:`_scan` on the backend that fits, from the channel-last inputs."""
         if self._fused_channels_last(xc):
             return fused_selective_scan_channels_last(
                 xc, delta, A, B, C, D.float(), z, dt_proj.bias.float(), delta_softplus=True, reverse=reverse
@@ -240,21 +259,51 @@ class MambaMixer(nn.Module):
         xc = conv_silu(x, conv, reverse)
         return self._scan(xc, x_proj(xc), dt_proj, A_log, D, z, reverse)
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        """``hidden``: (batch, L, d_model) -> (batch, L, d_model)."""
+    def forward(self, hidden: Tensor, time_reversed: bool = False) -> Tensor:
+        """``hidden``: (batch, L, d_model) -> (batch, L, d_model).
+
+        With ``time_reversed`` the mixer runs on the sequence reversed in time and returns the result in
+        input order, i.e. ``mixer(hidden.flip(1)).flip(1)``, without flipping anything.
+        """
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, L, E) views, channels contiguous
+        if not torch.is_grad_enabled() and self._fused_channels_last(x):
+            return self.out_proj(self._fused_inference(x, z, time_reversed))
+        forward, backward = time_reversed, not time_reversed  # the `reverse` flag of each direction
         if self.bimamba == "v1":
-            xc = conv_silu(x, self.conv1d)
+            xc = conv_silu(x, self.conv1d, forward)
             x_dbl = self.x_proj(xc)
-            y = self._scan(xc, x_dbl, self.dt_proj, self.A_log, self.D, z, reverse=False)
-            y = y + self._scan(xc, x_dbl, self.dt_proj, self.A_b_log, self.D, z, reverse=True)
+            y = self._scan(xc, x_dbl, self.dt_proj, self.A_log, self.D, z, reverse=forward)
+            y = y + self._scan(xc, x_dbl, self.dt_proj, self.A_b_log, self.D, z, reverse=backward)
         else:
-            y = self._direction(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, reverse=False)
+            y = self._direction(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, reverse=forward)
             if self.bimamba == "v2":
-                y = y + self._direction(x, z, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, reverse=True)
+                y = y + self._direction(x, z, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, reverse=backward)
                 if self.divide_out:
                     y = y * 0.5
         return self.out_proj(y)
+
+    def _fused_inference(self, x: Tensor, z: Tensor, time_reversed: bool) -> Tensor:
+        """The gated scan output (B, L, E) of every direction, summed (and halved for v2 with
+        ``divide_out``) by one fused inference call; no autograd."""
+        dtype = x.dtype
+
+        def direction(xc: Tensor, x_dbl: Tensor, dt_proj: nn.Linear, A_log: Tensor, D: Tensor, reverse: bool) -> ScanDirection:
+            dt_low, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+            A = -torch.exp(A_log.to(dtype))
+            return ScanDirection(xc, dt_low, dt_proj.weight.to(dtype), A, B, C, D.to(dtype), dt_proj.bias.to(dtype), reverse)
+
+        forward, backward = time_reversed, not time_reversed
+        xc = conv_silu(x, self.conv1d, forward)
+        x_dbl = self.x_proj(xc)
+        directions = [direction(xc, x_dbl, self.dt_proj, self.A_log, self.D, forward)]
+        if self.bimamba == "v1":
+            directions.append(direction(xc, x_dbl, self.dt_proj, self.A_b_log, self.D, backward))
+        elif self.bimamba == "v2":
+            xc_b = conv_silu(x, self.conv1d_b, backward)
+            directions.append(direction(xc_b, self.x_proj_b(xc_b), self.dt_proj_b, self.A_b_log, self.D_b, backward))
+        scale = 0.5 if self.bimamba == "v2" and self.divide_out else 1.0
+        with torch.profiler.record_function(SCAN_PROFILE_LABEL):
+            return fused_selective_scan_inference(directions, z, out_scale=scale)
 
 
 def init_dt_proj(dt_proj: nn.Linear, dt_min: float = DT_MIN, dt_max: float = DT_MAX, floor: float = DT_INIT_FLOOR) -> None:
@@ -283,9 +332,11 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.residual_in_fp32 = residual_in_fp32
 
-    def forward(self, hidden: Tensor, residual: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, hidden: Tensor, residual: Tensor | None = None, time_reversed: bool = False) -> tuple[Tensor, Tensor]:
+        """One block; with ``time_reversed`` the mixer sees the sequence reversed in time (see
+        :meth:`MambaMixer.forward`), everything else is per token."""
         residual = hidden if residual is None else residual + self.drop_path(hidden)
         hidden = self.norm(residual.to(self.norm.weight.dtype))
         if self.residual_in_fp32:
             residual = residual.float()
-        return self.mixer(hidden), residual
+        return self.mixer(hidden, time_reversed), residual

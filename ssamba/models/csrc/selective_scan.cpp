@@ -7,6 +7,8 @@
 //   B, C        : (batch, L, N)    -- e.g. slices of x_proj's output
 //   A_t         : (N, dim) contiguous (A transposed, so that channels are innermost)
 //   D, bias     : (dim,) contiguous, or absent
+//   inference only, instead of delta: dt_low (batch, L, R) (e.g. a slice of x_proj's output)
+//   and dt_weight_t (R, dim) contiguous, delta_t = dt_weight_t^T dt_low_t (dt_proj fused in)
 // Outputs and gradients are contiguous (batch, L, dim) / (batch, L, N) / (dim, N) tensors.
 //
 // Per channel d and state n, for the steps s = 0 .. L-1 taken in time order t = s, or
@@ -155,6 +157,9 @@ struct Rows {
 template <typename T>
 struct ScanArgs {
   Rows<T> u, delta, z, B, C;  // z.data is nullptr when there is no gate
+  Rows<T> dt_low;             // (batch, L, dt_rank) when dt_weight_t is set (then delta is unused)
+  const T* dt_weight_t;       // (dt_rank, dim) or nullptr
+  int64_t dt_rank;
   const T* A_t;               // (N, dim)
   const T* D;                 // (dim,) or nullptr
   const T* bias;              // (dim,) or nullptr
@@ -171,6 +176,8 @@ struct ScanArgs {
 template <typename T>
 struct ForwardOut {
   T* out;           // (batch, L, dim)
+  T out_scale;      // the output is scaled by this
+  bool accumulate;  // add to what out holds (a second scan direction) instead of overwriting it
   T* y_pre_gate;    // (batch, L, dim) or nullptr (kept only when z is given and grads are needed)
   T* checkpoints;   // (batch, tiles, blocks, N, lanes) or nullptr
 };
@@ -323,7 +330,8 @@ ScanArgs<T> make_args(const at::Tensor& u, const at::Tensor& delta, const at::Te
                       const at::Tensor& B, const at::Tensor& C,
                       const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
                       const std::optional<at::Tensor>& delta_bias, bool delta_softplus,
-                      bool reverse, int64_t interval) {
+                      bool reverse, int64_t interval,
+                      const std::optional<at::Tensor>& dt_weight_t = std::nullopt) {
   TORCH_CHECK(interval > 0, "checkpoint interval must be positive, got ", interval);
   TORCH_CHECK(u.dim() == 3 && u.size(1) > 0, "u must be (batch, L >= 1, dim), got ", u.sizes());
   TORCH_CHECK(A_t.dim() == 2 && A_t.size(1) == u.size(2) && A_t.size(0) > 0,
@@ -338,7 +346,15 @@ ScanArgs<T> make_args(const at::Tensor& u, const at::Tensor& delta, const at::Te
                 " must be contiguous in its last dimension, got strides ", t.strides());
   };
   check(u, {batch, L, dim}, "u");
-  check(delta, {batch, L, dim}, "delta");
+  const int64_t dt_rank = dt_weight_t.has_value() ? dt_weight_t->size(0) : 0;
+  if (dt_weight_t.has_value()) {
+    TORCH_CHECK(dt_rank > 0, "dt_weight_t must be (dt_rank >= 1, dim), got ", dt_weight_t->sizes());
+    check(*dt_weight_t, {dt_rank, dim}, "dt_weight_t");
+    TORCH_CHECK(dt_weight_t->is_contiguous(), "dt_weight_t must be contiguous");
+    check(delta, {batch, L, dt_rank}, "dt_low");
+  } else {
+    check(delta, {batch, L, dim}, "delta");
+  }
   check(A_t, {N, dim}, "A_t");
   TORCH_CHECK(A_t.is_contiguous(), "A_t must be contiguous");
   check(B, {batch, L, N}, "B");
@@ -351,7 +367,10 @@ ScanArgs<T> make_args(const at::Tensor& u, const at::Tensor& delta, const at::Te
   }
   ScanArgs<T> a;
   a.u = rows_of<T>(u);
-  a.delta = rows_of<T>(delta);
+  a.delta = dt_weight_t.has_value() ? Rows<T>{} : rows_of<T>(delta);
+  a.dt_low = dt_weight_t.has_value() ? rows_of<T>(delta) : Rows<T>{};
+  a.dt_weight_t = data_or_null<T>(dt_weight_t);
+  a.dt_rank = dt_rank;
   a.z = z.has_value() ? rows_of<T>(*z) : Rows<T>{};
   a.B = rows_of<T>(B);
   a.C = rows_of<T>(C);
@@ -369,15 +388,22 @@ ScanArgs<T> make_args(const at::Tensor& u, const at::Tensor& delta, const at::Te
   return a;
 }
 
+// Runs the directions one after the other on each (batch, tile) task, so that a later
+// direction adds to the output tile an earlier one has just written (still in cache).
 template <typename T>
-void forward_impl(const ScanArgs<T>& a, int64_t batch, const ForwardOut<T>& o) {
-  const int64_t tasks = batch * a.num_tiles;
+void forward_impl(const std::vector<ScanArgs<T>>& directions, int64_t batch,
+                  const std::vector<ForwardOut<T>>& outs) {
+  const ScanArgs<T>& first = directions.front();
+  const int64_t tasks = batch * first.num_tiles;
 #pragma omp parallel num_threads(num_threads_for_call())
   {
-    const VectorBuffer<Vec<T>> work(2 * a.N);
+    const VectorBuffer<Vec<T>> work(2 * first.N);
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < tasks; ++task) {
-      kernels<T>().forward_tile(a, o, task / a.num_tiles, task % a.num_tiles, work.data());
+      for (size_t d = 0; d < directions.size(); ++d) {
+        kernels<T>().forward_tile(directions[d], outs[d], task / first.num_tiles,
+                                  task % first.num_tiles, work.data());
+      }
     }
   }
 }
@@ -406,13 +432,56 @@ std::vector<at::Tensor> selective_scan_forward(
     }
     ForwardOut<T> o;
     o.out = out.data_ptr<T>();
+    o.out_scale = T(1);
+    o.accumulate = false;
     o.y_pre_gate = y_pre_gate.defined() ? y_pre_gate.data_ptr<T>() : nullptr;
     o.checkpoints = checkpoints.defined() ? checkpoints.data_ptr<T>() : nullptr;
-    forward_impl(a, batch, o);
+    forward_impl<T>({a}, batch, {o});
   });
   at::Tensor empty = at::empty({0}, u.options());
   return {out, y_pre_gate.defined() ? y_pre_gate : empty,
           checkpoints.defined() ? checkpoints : empty};
+}
+
+// Inference forward of one or more scan directions that share the gate z and sum into one
+// output, out = out_scale * sum_d out_d, with dt_proj fused in (delta_d from dt_low[d] and
+// dt_weight_t[d]) and nothing kept for a backward. Each list holds one entry per direction.
+at::Tensor selective_scan_inference(
+    const std::vector<at::Tensor>& u, const std::vector<at::Tensor>& dt_low,
+    const std::vector<at::Tensor>& dt_weight_t, const std::vector<at::Tensor>& A_t,
+    const std::vector<at::Tensor>& B, const std::vector<at::Tensor>& C,
+    const std::vector<at::Tensor>& D, const std::vector<at::Tensor>& delta_bias,
+    const std::vector<bool>& reverse, const std::optional<at::Tensor>& z, bool delta_softplus,
+    double out_scale) {
+  const size_t count = u.size();
+  TORCH_CHECK(count > 0, "at least one scan direction is needed");
+  for (const size_t size : {dt_low.size(), dt_weight_t.size(), A_t.size(), B.size(), C.size(),
+                            D.size(), delta_bias.size(), reverse.size()}) {
+    TORCH_CHECK(size == count, "every argument list needs one entry per direction (", count,
+                "), got ", size);
+  }
+  TORCH_CHECK(u[0].scalar_type() == at::kFloat || u[0].scalar_type() == at::kDouble,
+              "fused selective scan supports float32 and float64, got ", u[0].scalar_type());
+  for (size_t d = 1; d < count; ++d) {
+    TORCH_CHECK(u[d].sizes() == u[0].sizes(), "u of every direction must have shape ",
+                u[0].sizes(), ", got ", u[d].sizes());
+    TORCH_CHECK(A_t[d].sizes() == A_t[0].sizes(), "A_t of every direction must have shape ",
+                A_t[0].sizes(), ", got ", A_t[d].sizes());
+  }
+  at::Tensor out = at::empty({u[0].size(0), u[0].size(1), u[0].size(2)}, u[0].options());
+  AT_DISPATCH_FLOATING_TYPES(u[0].scalar_type(), "fused_selective_scan_inference", [&] {
+    using T = scalar_t;
+    std::vector<ScanArgs<T>> directions;
+    std::vector<ForwardOut<T>> outs;
+    for (size_t d = 0; d < count; ++d) {
+      directions.push_back(make_args<T>(u[d], dt_low[d], A_t[d], B[d], C[d], D[d], z,
+                                        delta_bias[d], delta_softplus, reverse[d], 1,
+                                        dt_weight_t[d]));
+      outs.push_back(ForwardOut<T>{out.data_ptr<T>(), T(out_scale), d > 0, nullptr, nullptr});
+    }
+    forward_impl<T>(directions, u[0].size(0), outs);
+  });
+  return out;
 }
 
 // Per-batch partial results of the backward that are reduced over the batch afterwards.
@@ -554,6 +623,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("u"), py::arg("delta"), py::arg("A_t"), py::arg("B"), py::arg("C"), py::arg("D"),
         py::arg("z"), py::arg("delta_bias"), py::arg("delta_softplus"), py::arg("reverse"),
         py::arg("interval"), py::arg("save_for_backward"));
+  m.def("inference", &selective_scan_inference,
+        "selective scan forward of summed directions for inference (channel-last, dt_proj fused)",
+        py::arg("u"), py::arg("dt_low"), py::arg("dt_weight_t"), py::arg("A_t"), py::arg("B"),
+        py::arg("C"), py::arg("D"), py::arg("delta_bias"), py::arg("reverse"), py::arg("z"),
+        py::arg("delta_softplus"), py::arg("out_scale"));
   m.def("backward", &selective_scan_backward, "selective scan backward (channel-last)",
         py::arg("u"), py::arg("delta"), py::arg("A_t"), py::arg("B"), py::arg("C"), py::arg("D"),
         py::arg("z"), py::arg("delta_bias"), py::arg("delta_softplus"), py::arg("reverse"),
