@@ -60,6 +60,8 @@ namespace {
 
 // softplus is linear above this input, as in torch.nn.functional.softplus.
 constexpr double kSoftplusThreshold = 20.0;
+template <typename T>
+constexpr T kLog2e = T(1.442695040888963407359924681001892137);
 // State size with a compile-time specialised kernel (others use the generic one).
 constexpr int kSpecialisedStateSize = 16;
 // States per group of the backward's reverse recurrence (g and dA of a group fit in registers).
