@@ -83,6 +83,18 @@ def test_two_directions_are_summed_and_scaled(n_state):
     assert_close_to_reference(got, expected, F32_TOLERANCE)
 
 
+def test_output_may_overwrite_the_first_directions_input():
+    forward = random_direction(2, 33, 32, 16, 2, False, seed=5)
+    backward = random_direction(2, 33, 32, 16, 2, True, seed=6)
+    z = torch.randn(2, 33, 32)
+    expected = fused_selective_scan_inference([forward, backward], z, out_scale=0.5)
+    u = forward.u.clone()
+    got = fused_selective_scan_inference([forward._replace(u=u), backward], z, out_scale=0.5, out=u)
+    assert got.data_ptr() == u.data_ptr() and torch.equal(got, expected)
+    with pytest.raises(RuntimeError, match="first direction only"):
+        fused_selective_scan_inference([forward, backward], z, out=backward.u)
+
+
 def test_large_decays_and_no_gate():
     d = random_direction(1, 200, 16, 16, 4, True, seed=3, decay_scale=60.0)
     d = d._replace(delta_bias=torch.full((16,), 3.0))  # dt around 3: decays down to exp(-180)

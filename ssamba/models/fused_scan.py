@@ -393,7 +393,11 @@ class ScanDirection(NamedTuple):
 
 
 def fused_selective_scan_inference(
-    directions: Sequence[ScanDirection], z: torch.Tensor | None, out_scale: float = 1.0, delta_softplus: bool = True
+    directions: Sequence[ScanDirection],
+    z: torch.Tensor | None,
+    out_scale: float = 1.0,
+    delta_softplus: bool = True,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Forward-only selective scan of one or more directions sharing the gate ``z``, summed:
     ``out_scale * sum_d scan(direction_d)``, each term as :func:`fused_selective_scan_channels_last`
@@ -401,7 +405,9 @@ def fused_selective_scan_inference(
 
     The inference path of a bidirectional mixer (both directions and the ``divide_out`` halving in one
     call); no gradients. CPU float32/float64 tensors of one dtype; the per-step inputs (u, dt_low, B, C,
-    z) may be strided views whose last dimension is contiguous.
+    z) may be strided views whose last dimension is contiguous. ``out`` (contiguous, u's shape) receives
+    the result and is returned; it may be the first direction's ``u`` (overwritten in place, saving a
+    buffer) unless a later direction reads that same tensor.
     """
     if not directions:
         raise ValueError("fused_selective_scan_inference: at least one direction is needed")
@@ -430,6 +436,7 @@ def fused_selective_scan_inference(
         None if z is None else rows(z),
         bool(delta_softplus),
         float(out_scale),
+        out,
     )
 
 

@@ -302,8 +302,9 @@ class MambaMixer(nn.Module):
             xc_b = conv_silu(x, self.conv1d_b, backward)
             directions.append(direction(xc_b, self.x_proj_b(xc_b), self.dt_proj_b, self.A_b_log, self.D_b, backward))
         scale = 0.5 if self.bimamba == "v2" and self.divide_out else 1.0
+        in_place = self.bimamba != "v1"  # v1's second direction reads xc too
         with torch.profiler.record_function(SCAN_PROFILE_LABEL):
-            return fused_selective_scan_inference(directions, z, out_scale=scale)
+            return fused_selective_scan_inference(directions, z, out_scale=scale, out=xc if in_place else None)
 
 
 def init_dt_proj(dt_proj: nn.Linear, dt_min: float = DT_MIN, dt_max: float = DT_MAX, floor: float = DT_INIT_FLOOR) -> None:

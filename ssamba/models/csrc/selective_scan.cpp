@@ -448,13 +448,15 @@ std::vector<at::Tensor> selective_scan_forward(
 // Inference forward of one or more scan directions that share the gate z and sum into one
 // output, out = out_scale * sum_d out_d, with dt_proj fused in (delta_d from dt_low[d] and
 // dt_weight_t[d]) and nothing kept for a backward. Each list holds one entry per direction.
+// `out`, when given, receives the result (contiguous (batch, L, dim)); it may be u[0] itself
+// (each step reads u before writing out) as long as no later direction reads that tensor.
 at::Tensor selective_scan_inference(
     const std::vector<at::Tensor>& u, const std::vector<at::Tensor>& dt_low,
     const std::vector<at::Tensor>& dt_weight_t, const std::vector<at::Tensor>& A_t,
     const std::vector<at::Tensor>& B, const std::vector<at::Tensor>& C,
     const std::vector<at::Tensor>& D, const std::vector<at::Tensor>& delta_bias,
     const std::vector<bool>& reverse, const std::optional<at::Tensor>& z, bool delta_softplus,
-    double out_scale) {
+    double out_scale, const std::optional<at::Tensor>& out_buffer) {
   const size_t count = u.size();
   TORCH_CHECK(count > 0, "at least one scan direction is needed");
   for (const size_t size : {dt_low.size(), dt_weight_t.size(), A_t.size(), B.size(), C.size(),
@@ -470,7 +472,18 @@ at::Tensor selective_scan_inference(
     TORCH_CHECK(A_t[d].sizes() == A_t[0].sizes(), "A_t of every direction must have shape ",
                 A_t[0].sizes(), ", got ", A_t[d].sizes());
   }
-  at::Tensor out = at::empty({u[0].size(0), u[0].size(1), u[0].size(2)}, u[0].options());
+  at::Tensor out;
+  if (out_buffer.has_value()) {
+    out = *out_buffer;
+    TORCH_CHECK(out.sizes() == u[0].sizes() && out.scalar_type() == u[0].scalar_type() &&
+                    out.device().is_cpu() && out.is_contiguous(),
+                "out must be a contiguous CPU tensor of u's shape ", u[0].sizes(), " and dtype");
+    for (size_t d = 1; d < count; ++d) {
+      TORCH_CHECK(!out.is_alias_of(u[d]), "out may share memory with u of the first direction only");
+    }
+  } else {
+    out = at::empty({u[0].size(0), u[0].size(1), u[0].size(2)}, u[0].options());
+  }
   AT_DISPATCH_FLOATING_TYPES(u[0].scalar_type(), "fused_selective_scan_inference", [&] {
     using T = scalar_t;
     std::vector<ScanArgs<T>> directions;
@@ -629,7 +642,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "selective scan forward of summed directions for inference (channel-last, dt_proj fused)",
         py::arg("u"), py::arg("dt_low"), py::arg("dt_weight_t"), py::arg("A_t"), py::arg("B"),
         py::arg("C"), py::arg("D"), py::arg("delta_bias"), py::arg("reverse"), py::arg("z"),
-        py::arg("delta_softplus"), py::arg("out_scale"));
+        py::arg("delta_softplus"), py::arg("out_scale"), py::arg("out"));
   m.def("backward", &selective_scan_backward, "selective scan backward (channel-last)",
         py::arg("u"), py::arg("delta"), py::arg("A_t"), py::arg("B"), py::arg("C"), py::arg("D"),
         py::arg("z"), py::arg("delta_bias"), py::arg("delta_softplus"), py::arg("reverse"),
