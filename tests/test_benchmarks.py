@@ -157,3 +157,45 @@ def test_profile_step_compares_two_scan_backends(tmp_path):
 def test_scripts_have_help_with_examples(script):
     proc = _run(script, "--help")
     assert "Examples:" in proc.stdout and f"python benchmarks/{script}" in proc.stdout
+
+
+def test_inference_script_measures_every_model_and_length_in_one_process(tmp_path):
+    from ssamba.models.fused_scan import fused_status
+
+    fused_status()  # build the kernels here (no timeout), so that the script finds them cached
+    args = ["--seconds", "0.32", "0.5", "--batch", "2", "--models", "tiny", "--depth", "2", "--repeats", "2", "--threads", "1"]
+    proc = _run("inference.py", *args, "--memory-tokens", "64", "--out-dir", str(tmp_path))
+    assert "round 2/2: ssamba-tiny" in proc.stderr  # progress while measuring
+    report = json.loads((tmp_path / "inference_cpu.json").read_text())
+    labels = ("ssamba-tiny", "ssast-tiny (plain)", "ssast-tiny (sdpa)")
+    speed = {(r["seconds"], r["model"]): r for r in report["speed"]}
+    assert set(speed) == {(s, label) for s in (0.32, 0.5) for label in labels}
+    for row in speed.values():
+        assert row["threads"] == 1 and row["batch"] == 2 and len(row["times_s"]) == 2
+        assert row["clips_per_s"] == pytest.approx(2 / row["time_min_s"]) and row["clips_per_s"] > 0
+        assert row["extra_mib"] >= 0
+    assert speed[(0.5, "ssamba-tiny")]["tokens"] == 24  # 50 frames cut to 48: 8 x 3 patches
+    scan = {r["seconds"]: r for r in report["scan"]}
+    assert scan[0.5]["state_updates"] == 2 * 2 * 2 * 25 * 384 * 16  # depth x directions x batch x (CLS + 24) x d_inner x N
+    assert all(("in_model_rate" in r) == (r["events"] > 0) for r in scan.values())
+    assert {(r["tokens"], r["model"]) for r in report["memory"]} == {(64, label) for label in labels}
+    markdown = (tmp_path / "inference_cpu.md").read_text()
+    assert "| 0.5 s | 1 | ssamba-tiny |" in markdown  # a ratio row per length and thread count
+    assert "python benchmarks/inference.py" in _run("inference.py", "--help").stdout
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "inference.py"), "--seconds", "0.1"], check=False, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
+    assert proc.returncode == 2 and "clip lengths must be at least 0.16 s" in proc.stderr
+
+
+def test_inference_script_sums_the_scan_profiler_ranges():
+    from inference import SCAN_EVENT, profiled_scan_seconds
+
+    class TwoScans(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for _ in range(2):
+                with torch.profiler.record_function(SCAN_EVENT):
+                    x = torch.cumsum(x, dim=1)
+            with torch.profiler.record_function(SCAN_EVENT + "_other"):
+                return x[:, :-1]
+
+    seconds, events, length = profiled_scan_seconds(TwoScans(), torch.randn(2, 50, 8))
+    assert events == 2 and seconds > 0 and length == 49
