@@ -81,9 +81,9 @@ FRAMES_PER_SECOND = 100
 PATCH = 16
 MEL_BINS = 128
 SCAN_EVENT = "ssamba::selective_scan"
+"""Profiler range around every selective-scan computation inside the Mamba mixer."""
 SCAN_REPEATS = 3
 """Profiled forwards per SSAMBA model and cell, and timed calls of the kernel alone; the min is kept."""
-"""Profiler range around every selective-scan computation inside the Mamba mixer."""
 DIRECTIONS = {"none": 1, "v1": 2, "v2": 2}
 """Scans per Mamba layer for each bimamba variant."""
 TIME_TARGETS = {10.0: 1.5, 1.5: 2.0}
@@ -229,7 +229,9 @@ def scan_row(model: torch.nn.Module, label: str, fbank: torch.Tensor, fused_reas
 # ----------------------------------------------------------------------------- measuring
 
 
-def measure_cell(models: dict[str, torch.nn.Module], fbank: torch.Tensor, repeats: int, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+def measure_cell(
+    models: dict[str, torch.nn.Module], fbank: torch.Tensor, repeats: int, log: Callable[[str], None]
+) -> dict[str, dict[str, Any]]:
     """Warm up every model, then ``repeats`` rounds of one forward per model in turn; then one forward
     per model for its extra memory. Returns per label the times, their min/median and the memory."""
     results: dict[str, dict[str, Any]] = {}
@@ -239,16 +241,21 @@ def measure_cell(models: dict[str, torch.nn.Module], fbank: torch.Tensor, repeat
     for round_index in range(repeats):
         for label, model in models.items():
             results[label]["times_s"].append(timed_forward(model, fbank))
-        log(f"  round {round_index + 1}/{repeats}: " + ", ".join(f"{label} {r['times_s'][-1]:.3f} s" for label, r in results.items()))
+        times = ", ".join(f"{label} {result['times_s'][-1]:.3f} s" for label, result in results.items())
+        log(f"  round {round_index + 1}/{repeats}: {times}")
     for label, model in models.items():
         results[label]["extra_mib"] = forward_extra_mib(model, fbank)[0]
         times = results[label]["times_s"]
-        results[label].update(time_min_s=min(times), time_median_s=statistics.median(times), clips_per_s=fbank.shape[0] / min(times))
+        results[label].update(
+            time_min_s=min(times), time_median_s=statistics.median(times), clips_per_s=fbank.shape[0] / min(times)
+        )
     log("  forward extra memory: " + ", ".join(f"{label} {r['extra_mib']:.0f} MiB" for label, r in results.items()))
     return results
 
 
-def run_speed(args: argparse.Namespace, batches: Sequence[int], fused_reason: str | None, log: Callable[[str], None]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def run_speed(
+    args: argparse.Namespace, batches: Sequence[int], fused_reason: str | None, log: Callable[[str], None]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every (clip length, threads) cell: speed and memory rows, and scan rows of the SSAMBA models."""
     import torch
 
@@ -258,20 +265,22 @@ def run_speed(args: argparse.Namespace, batches: Sequence[int], fused_reason: st
     for seconds, batch in zip(args.seconds, batches):
         frames = clip_frames(seconds)
         tokens = frames // 2
-        log(f"{seconds_text(seconds)} clips ({frames} frames, {tokens} tokens), batch {batch}: building {len(plan)} models")
+        clips = f"{seconds_text(seconds)} clips"
+        log(f"{clips} ({frames} frames, {tokens} tokens), batch {batch}: building {len(plan)} models")
         torch.manual_seed(0)
         models = {model_label(*spec): build(*spec, tokens, args.depth) for spec in plan}
         fbank = random_fbank(batch, tokens)
         for threads in args.threads:
             torch.set_num_threads(threads)
-            log(f"{seconds_text(seconds)} clips, batch {batch}, {threads} thread(s): warm-up, then alternating rounds: {args.repeats}")
+            log(f"{clips}, batch {batch}, {threads} thread(s): warm-up, then alternating rounds: {args.repeats}")
             cell = {"seconds": seconds, "frames": frames, "tokens": tokens, "batch": batch, "threads": threads}
             for label, result in measure_cell(models, fbank, args.repeats, log).items():
                 speed_rows.append(cell | {"model": label} | result)
             for (family, size, _), (label, model) in zip(plan, models.items()):
                 if family == "ssamba":
                     row = cell | scan_row(model, label, fbank, fused_reason)
-                    log(f"  scan in {label}: {format_rate(row, 'in_model')} in the model, {format_rate(row, 'standalone')} standalone")
+                    rates = f"{format_rate(row, 'in_model')} in the model, {format_rate(row, 'standalone')} standalone"
+                    log(f"  scan in {label}: {rates}")
                     scan_rows.append(row)
         del models
     return speed_rows, scan_rows
@@ -297,11 +306,13 @@ def run_memory(args: argparse.Namespace, log: Callable[[str], None]) -> list[dic
     for tokens in args.memory_tokens:
         for family, attention in (("ssamba", None), ("ssast", "sdpa"), ("ssast", "plain")):
             label = model_label(family, size, attention)
-            row: dict[str, Any] = {"tokens": tokens, "batch": 1, "threads": threads, "size": size, "model": label, "status": STATUS_OK}
+            row: dict[str, Any] = {"tokens": tokens, "batch": 1, "threads": threads, "size": size, "model": label}
+            row["status"] = STATUS_OK
             rows.append(row)
-            available = _available_gib() - MEMORY_RESERVE_GIB
-            if attention == "plain" and plain_attention_gib(size, tokens) > available:
-                row.update(status=STATUS_SKIPPED, message=f"attention matrices need {plain_attention_gib(size, tokens):.1f} GiB, {available:.1f} GiB available")
+            needed, available = plain_attention_gib(size, tokens), _available_gib() - MEMORY_RESERVE_GIB
+            if attention == "plain" and needed > available:
+                message = f"attention matrices need {needed:.1f} GiB, {available:.1f} GiB available"
+                row.update(status=STATUS_SKIPPED, message=message)
                 log(f"memory {tokens} tokens {label}: skipped ({row['message']})")
                 continue
             log(f"memory {tokens} tokens {label} ...")
@@ -364,7 +375,8 @@ def memory_target_rows(memory_rows: Sequence[dict[str, Any]]) -> list[dict[str, 
     rows = []
     for tokens in sorted({r["tokens"] for r in memory_rows}):
         size = memory_rows[0]["size"]
-        ours, sdpa = found[(tokens, model_label("ssamba", size, None))], found[(tokens, model_label("ssast", size, "sdpa"))]
+        ours = found[(tokens, model_label("ssamba", size, None))]
+        sdpa = found[(tokens, model_label("ssast", size, "sdpa"))]
         if ours["status"] != STATUS_OK or sdpa["status"] != STATUS_OK:
             continue
         row: dict[str, Any] = {"tokens": tokens, "ratio": ours["extra_mib"] / max(sdpa["extra_mib"], 1.0)}
@@ -388,11 +400,16 @@ def speed_tables(speed_rows: Sequence[dict[str, Any]], labels: Sequence[str]) ->
         return f"{row['extra_mib']:,.0f}"
 
     def table(kind: str) -> list[str]:
-        return markdown_table(header, [[seconds_text(s), str(b), str(t), str(n)] + [cell_text(s, n, label, kind) for label in labels] for s, b, t, n in cells])
+        body = [
+            [seconds_text(s), str(b), str(t), str(n), *(cell_text(s, n, label, kind) for label in labels)]
+            for s, b, t, n in cells
+        ]
+        return markdown_table(header, body)
 
     return [
         "Clips/s from the min time (min / median seconds per forward):", "", *table("speed"), "",
-        "Forward extra memory, MiB (peak resident set of one forward over the resident set before it):", "", *table("memory"),
+        "Forward extra memory, MiB (peak resident set of one forward over the resident set before it):", "",
+        *table("memory"),
     ]
 
 
@@ -419,7 +436,10 @@ def memory_table(memory_rows: Sequence[dict[str, Any]]) -> list[str]:
             return ["-", ""]
         return [f"{row['ratio']:.2f}x", f"<= 1x: {verdict(row['met'])}" if "met" in row else ""]
 
-    body = [[str(t)] + [format_memory_row(found[(t, label)]) for label in labels] + target_text(t) for t in sorted({r["tokens"] for r in memory_rows})]
+    body = [
+        [str(t), *(format_memory_row(found[(t, label)]) for label in labels), *target_text(t)]
+        for t in sorted({r["tokens"] for r in memory_rows})
+    ]
     return markdown_table(["tokens", *labels, "ssamba / sdpa", "target"], body)
 
 
@@ -431,11 +451,14 @@ def scan_table(scan_rows: Sequence[dict[str, Any]]) -> list[str]:
         return f"{ratio:.2f}x (<= {SCAN_RATE_TARGET:g}x: {verdict(ratio <= SCAN_RATE_TARGET)})"
 
     body = [
-        [seconds_text(r["seconds"]), str(r["threads"]), r["model"], f"{r['batch']} x {r['length']} x {r['d_inner']} x {r['d_state']}",
-         f"{r['state_updates'] / 1e9:.3g}", format_rate(r, "in_model"), format_rate(r, "standalone"), ratio_text(r)]
+        [seconds_text(r["seconds"]), str(r["threads"]), r["model"],
+         f"{r['batch']} x {r['length']} x {r['d_inner']} x {r['d_state']}", f"{r['state_updates'] / 1e9:.3g}",
+         format_rate(r, "in_model"), format_rate(r, "standalone"), ratio_text(r)]
         for r in scan_rows
     ]
-    return markdown_table(["clip", "threads", "model", "B x L x d_inner x N", "G updates / forward", "in the model", "kernel alone", "kernel / model"], body)
+    header = ["clip", "threads", "model", "B x L x d_inner x N", "G updates / forward", "in the model", "kernel alone",
+              "kernel / model"]
+    return markdown_table(header, body)
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
@@ -460,14 +483,16 @@ def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     ]
     ratios = ratio_rows(speed_rows)
     if ratios:
-        lines += ["", f"Time ratios, ssamba / ssast (below 1: SSAMBA is faster); targets for {TARGET_SIZE} at {TARGET_THREADS} threads:", ""]
+        targets = f"targets for {TARGET_SIZE} at {TARGET_THREADS} threads"
+        lines += ["", f"Time ratios, ssamba / ssast (below 1: SSAMBA is faster); {targets}:", ""]
         lines += ratio_table(ratios)
     if memory_rows:
-        lines += ["", f"Forward extra memory at batch 1, {memory_rows[0]['threads']} thread(s) (MiB, seconds of that one forward):", ""]
+        threads = memory_rows[0]["threads"]
+        lines += ["", f"Forward extra memory at batch 1, {threads} thread(s) (MiB, seconds of that one forward):", ""]
         lines += memory_table(memory_rows)
     if scan_rows:
-        lines += ["", f"Selective scan, state updates per second: inside the model (sum of the `{SCAN_EVENT}` profiler ranges of "
-                  "one forward) and the fused kernel alone on the same shape (both directions):", ""]
+        lines += ["", f"Selective scan, state updates per second: inside the model (sum of the `{SCAN_EVENT}` profiler",
+                  "ranges of one forward) and the fused kernel alone on the same shape (both directions):", ""]
         lines += scan_table(scan_rows)
     md_path.write_text("\n".join(lines) + "\n")
     return json_path, md_path
@@ -479,7 +504,8 @@ def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
 def _clip_seconds(text: str) -> float:
     value = float(text)
     if not math.isfinite(value) or clip_frames(value) < PATCH:
-        raise argparse.ArgumentTypeError(f"clip lengths must be at least {PATCH / FRAMES_PER_SECOND:g} s (one 16-frame patch), got {text}")
+        shortest = PATCH / FRAMES_PER_SECOND
+        raise argparse.ArgumentTypeError(f"clip lengths must be at least {shortest:g} s (one 16-frame patch), got {text}")
     return value
 
 
@@ -493,21 +519,38 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser (see the module docstring for examples)."""
     summary, _, details = (__doc__ or "").partition("\n")
-    parser = argparse.ArgumentParser(description=summary, epilog=details, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=_clip_seconds, nargs="+", default=list(DEFAULT_SECONDS), help="clip lengths in seconds (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        description=summary, epilog=details, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--seconds", type=_clip_seconds, nargs="+", default=list(DEFAULT_SECONDS),
+        help="clip lengths in seconds (default: %(default)s)",
+    )
     parser.add_argument(
         "--batch", type=_positive_int, nargs="+",
         help="clips per forward: one value for every length or one per --seconds (default: 32 up to 2 s, 4 up to 20 s, else 1)",
     )
-    parser.add_argument("--threads", type=_positive_int, nargs="+", default=[1, 2], help="torch thread counts (default: %(default)s)")
-    parser.add_argument("--models", nargs="+", choices=("tiny", "small", "base"), default=["tiny", "small"], help="model sizes (default: tiny small)")
-    parser.add_argument("--depth", type=_positive_int, help="override the depth of both model families (even); default: 24 Mamba / 12 transformer layers")
-    parser.add_argument("--repeats", type=_positive_int, default=5, help="alternating rounds after the warm-up (default: %(default)s)")
+    parser.add_argument(
+        "--threads", type=_positive_int, nargs="+", default=[1, 2], help="torch thread counts (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--models", nargs="+", choices=("tiny", "small", "base"), default=["tiny", "small"],
+        help="model sizes (default: tiny small)",
+    )
+    parser.add_argument(
+        "--depth", type=_positive_int,
+        help="override the depth of both model families (even); default: 24 Mamba / 12 transformer layers",
+    )
+    parser.add_argument(
+        "--repeats", type=_positive_int, default=5, help="alternating rounds after the warm-up (default: %(default)s)"
+    )
     parser.add_argument(
         "--memory-tokens", type=_token_count, nargs="*", default=list(DEFAULT_MEMORY_TOKENS),
         help="token counts of the memory-only rows, batch 1, first --models size; none: skip them (default: %(default)s)",
     )
-    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="where inference_cpu.json/.md go (default: benchmarks/)")
+    parser.add_argument(
+        "--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="where inference_cpu.json/.md go (default: benchmarks/)"
+    )
     return parser
 
 
@@ -519,7 +562,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--depth must be even (SSAMBA pairs layers), got {args.depth}")
     if args.batch is not None and len(args.batch) not in (1, len(args.seconds)):
         parser.error(f"--batch takes one value or one per --seconds ({len(args.seconds)}), got {len(args.batch)}")
-    batches = [default_batch(s) for s in args.seconds] if args.batch is None else args.batch * (len(args.seconds) // len(args.batch))
+    if args.batch is None:
+        batches = [default_batch(seconds) for seconds in args.seconds]
+    else:
+        batches = args.batch * (len(args.seconds) // len(args.batch))
     import torch
 
     from ssamba.models.fused_scan import fused_status

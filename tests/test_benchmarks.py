@@ -199,3 +199,36 @@ def test_inference_script_sums_the_scan_profiler_ranges():
 
     seconds, events, length = profiled_scan_seconds(TwoScans(), torch.randn(2, 50, 8))
     assert events == 2 and seconds > 0 and length == 49
+
+
+def test_inference_report_marks_the_issue_targets(tmp_path):
+    from inference import write_report
+
+    def speed(seconds: float, threads: int, model: str, time_s: float) -> dict:
+        return {"seconds": seconds, "batch": 4, "tokens": 496, "threads": threads, "model": model, "times_s": [time_s],
+                "time_min_s": time_s, "time_median_s": time_s, "clips_per_s": 4 / time_s, "extra_mib": 10.0}
+
+    def memory(tokens: int, model: str, extra_mib: float | None) -> dict:
+        row = {"tokens": tokens, "batch": 1, "threads": 2, "size": "tiny", "model": model}
+        if extra_mib is None:
+            return row | {"status": "skipped", "message": "attention matrices need 9.0 GiB"}
+        return row | {"status": "ok", "extra_mib": extra_mib, "time_s": 1.0}
+
+    meta = {"command": "python benchmarks/inference.py", "machine": "test", "threads": [1, 2], "scan_backend": "fused", "depth": "default",
+            "date": "today", "load_before": "0", "load_after": "0", "wall_min": 1.0, "repeats": 1}
+    report = {
+        "meta": meta,
+        "speed": [speed(10.0, 2, "ssamba-tiny", 1.4), speed(10.0, 2, "ssast-tiny (plain)", 2.0), speed(10.0, 2, "ssast-tiny (sdpa)", 1.0),
+                  speed(1.5, 2, "ssamba-tiny", 2.5), speed(1.5, 2, "ssast-tiny (sdpa)", 1.0),
+                  speed(1.5, 1, "ssamba-tiny", 3.0), speed(1.5, 1, "ssast-tiny (sdpa)", 1.0)],
+        "memory": [memory(2048, "ssamba-tiny", 90.0), memory(2048, "ssast-tiny (sdpa)", 60.0), memory(2048, "ssast-tiny (plain)", 400.0),
+                   memory(4096, "ssamba-tiny", 100.0), memory(4096, "ssast-tiny (sdpa)", 125.0), memory(4096, "ssast-tiny (plain)", None)],
+        "scan": [],
+    }
+    markdown = write_report(report, tmp_path)[1].read_text()
+    assert "| 10 s | 2 | ssamba-tiny | 1.40x | 0.70x | <= 1.5x: met |" in markdown
+    assert "| 1.5 s | 2 | ssamba-tiny | 2.50x | - | <= 2x: NOT met |" in markdown
+    assert "| 1.5 s | 1 | ssamba-tiny | 3.00x | - |  |" in markdown  # the targets are set for 2 threads
+    assert "| 2048 | 90 MiB (1.00 s) | 60 MiB (1.00 s) | 400 MiB (1.00 s) | 1.50x |  |" in markdown  # below 4096 tokens: no target
+    assert "| 4096 | 100 MiB (1.00 s) | 125 MiB (1.00 s) | skipped (attention matrices need 9.0 GiB) | 0.80x | <= 1x: met |" in markdown
+    assert "| 10 s | 4 | 496 | 2 | 2.9 (1.4 / 1.4 s) | 2.0 (2 / 2 s) | 4.0 (1 / 1 s) |" in markdown  # clips/s from the min time
