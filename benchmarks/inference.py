@@ -33,6 +33,7 @@ Examples:
   python benchmarks/inference.py --models tiny --threads 2 --repeats 3
   python benchmarks/inference.py --seconds 10 --batch 8 --memory-tokens        # one length, no memory rows
   python benchmarks/inference.py --seconds 0.32 --depth 2 --repeats 1 --threads 1 --memory-tokens 64 --out-dir /tmp/inf
+  python benchmarks/inference.py --from-json benchmarks/inference_cpu.json     # rewrite the tables only
 """
 
 from __future__ import annotations
@@ -551,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="where inference_cpu.json/.md go (default: benchmarks/)"
     )
+    parser.add_argument("--from-json", type=Path, help="only rewrite the .json/.md from an earlier run's .json (no measuring)")
     return parser
 
 
@@ -558,6 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and write the report."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.from_json:
+        print("\n".join(str(path) for path in write_report(json.loads(args.from_json.read_text()), args.out_dir)))
+        return 0
     if args.depth is not None and args.depth % 2:
         parser.error(f"--depth must be even (SSAMBA pairs layers), got {args.depth}")
     if args.batch is not None and len(args.batch) not in (1, len(args.seconds)):

@@ -181,6 +181,8 @@ def test_inference_script_measures_every_model_and_length_in_one_process(tmp_pat
     assert {(r["tokens"], r["model"]) for r in report["memory"]} == {(64, label) for label in labels}
     markdown = (tmp_path / "inference_cpu.md").read_text()
     assert "| 0.5 s | 1 | ssamba-tiny |" in markdown  # a ratio row per length and thread count
+    _run("inference.py", "--from-json", str(tmp_path / "inference_cpu.json"), "--out-dir", str(tmp_path / "again"))
+    assert (tmp_path / "again" / "inference_cpu.md").read_text() == markdown
     assert "python benchmarks/inference.py" in _run("inference.py", "--help").stdout
     proc = subprocess.run([sys.executable, str(BENCHMARKS / "inference.py"), "--seconds", "0.1"], check=False, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
     assert proc.returncode == 2 and "clip lengths must be at least 0.16 s" in proc.stderr
