@@ -157,3 +157,80 @@ def test_profile_step_compares_two_scan_backends(tmp_path):
 def test_scripts_have_help_with_examples(script):
     proc = _run(script, "--help")
     assert "Examples:" in proc.stdout and f"python benchmarks/{script}" in proc.stdout
+
+
+def test_inference_script_measures_every_model_and_length_in_one_process(tmp_path):
+    from ssamba.models.fused_scan import fused_status
+
+    fused_status()  # build the kernels here (no timeout), so that the script finds them cached
+    args = ["--seconds", "0.32", "0.5", "--batch", "2", "--models", "tiny", "--depth", "2", "--repeats", "2", "--threads", "1"]
+    proc = _run("inference.py", *args, "--memory-tokens", "64", "--out-dir", str(tmp_path))
+    assert "round 2/2: ssamba-tiny" in proc.stderr  # progress while measuring
+    report = json.loads((tmp_path / "inference_cpu.json").read_text())
+    labels = ("ssamba-tiny", "ssast-tiny (plain)", "ssast-tiny (sdpa)")
+    speed = {(r["seconds"], r["model"]): r for r in report["speed"]}
+    assert set(speed) == {(s, label) for s in (0.32, 0.5) for label in labels}
+    for row in speed.values():
+        assert row["threads"] == 1 and row["batch"] == 2 and len(row["times_s"]) == 2
+        assert row["clips_per_s"] == pytest.approx(2 / row["time_min_s"]) and row["clips_per_s"] > 0
+        assert row["extra_mib"] >= 0
+    assert speed[(0.5, "ssamba-tiny")]["tokens"] == 24  # 50 frames cut to 48: 8 x 3 patches
+    scan = {r["seconds"]: r for r in report["scan"]}
+    assert scan[0.5]["state_updates"] == 2 * 2 * 2 * 25 * 384 * 16  # depth x directions x batch x (CLS + 24) x d_inner x N
+    assert all(("in_model_rate" in r) == (r["events"] > 0) for r in scan.values())
+    assert {(r["tokens"], r["model"]) for r in report["memory"]} == {(64, label) for label in labels}
+    markdown = (tmp_path / "inference_cpu.md").read_text()
+    assert "| 0.5 s | 1 | ssamba-tiny |" in markdown  # a ratio row per length and thread count
+    _run("inference.py", "--from-json", str(tmp_path / "inference_cpu.json"), "--out-dir", str(tmp_path / "again"))
+    assert (tmp_path / "again" / "inference_cpu.md").read_text() == markdown
+    assert "python benchmarks/inference.py" in _run("inference.py", "--help").stdout
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "inference.py"), "--seconds", "0.1"], check=False, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
+    assert proc.returncode == 2 and "clip lengths must be at least 0.16 s" in proc.stderr
+
+
+def test_inference_script_sums_the_scan_profiler_ranges():
+    from inference import SCAN_EVENT, profiled_scan_seconds
+
+    class TwoScans(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for _ in range(2):
+                with torch.profiler.record_function(SCAN_EVENT):
+                    x = torch.cumsum(x, dim=1)
+            with torch.profiler.record_function(SCAN_EVENT + "_other"):
+                return x[:, :-1]
+
+    seconds, events, length = profiled_scan_seconds(TwoScans(), torch.randn(2, 50, 8))
+    assert events == 2 and seconds > 0 and length == 49
+
+
+def test_inference_report_marks_the_issue_targets(tmp_path):
+    from inference import write_report
+
+    def speed(seconds: float, threads: int, model: str, time_s: float) -> dict:
+        return {"seconds": seconds, "batch": 4, "tokens": 496, "threads": threads, "model": model, "times_s": [time_s],
+                "time_min_s": time_s, "time_median_s": time_s, "clips_per_s": 4 / time_s, "extra_mib": 10.0}
+
+    def memory(tokens: int, model: str, extra_mib: float | None) -> dict:
+        row = {"tokens": tokens, "batch": 1, "threads": 2, "size": "tiny", "model": model}
+        if extra_mib is None:
+            return row | {"status": "skipped", "message": "attention matrices need 9.0 GiB"}
+        return row | {"status": "ok", "extra_mib": extra_mib, "time_s": 1.0}
+
+    meta = {"command": "python benchmarks/inference.py", "machine": "test", "threads": [1, 2], "scan_backend": "fused", "depth": "default",
+            "date": "today", "load_before": "0", "load_after": "0", "wall_min": 1.0, "repeats": 1}
+    report = {
+        "meta": meta,
+        "speed": [speed(10.0, 2, "ssamba-tiny", 1.4), speed(10.0, 2, "ssast-tiny (plain)", 2.0), speed(10.0, 2, "ssast-tiny (sdpa)", 1.0),
+                  speed(1.5, 2, "ssamba-tiny", 2.5), speed(1.5, 2, "ssast-tiny (sdpa)", 1.0),
+                  speed(1.5, 1, "ssamba-tiny", 3.0), speed(1.5, 1, "ssast-tiny (sdpa)", 1.0)],
+        "memory": [memory(2048, "ssamba-tiny", 90.0), memory(2048, "ssast-tiny (sdpa)", 60.0), memory(2048, "ssast-tiny (plain)", 400.0),
+                   memory(4096, "ssamba-tiny", 100.0), memory(4096, "ssast-tiny (sdpa)", 125.0), memory(4096, "ssast-tiny (plain)", None)],
+        "scan": [],
+    }
+    markdown = write_report(report, tmp_path)[1].read_text()
+    assert "| 10 s | 2 | ssamba-tiny | 1.40x | 0.70x | <= 1.5x: met |" in markdown
+    assert "| 1.5 s | 2 | ssamba-tiny | 2.50x | - | <= 2x: NOT met |" in markdown
+    assert "| 1.5 s | 1 | ssamba-tiny | 3.00x | - |  |" in markdown  # the targets are set for 2 threads
+    assert "| 2048 | 90 MiB (1.00 s) | 60 MiB (1.00 s) | 400 MiB (1.00 s) | 1.50x |  |" in markdown  # below 4096 tokens: no target
+    assert "| 4096 | 100 MiB (1.00 s) | 125 MiB (1.00 s) | skipped (attention matrices need 9.0 GiB) | 0.80x | <= 1x: met |" in markdown
+    assert "| 10 s | 4 | 496 | 2 | 2.9 (1.4 / 1.4 s) | 2.0 (2 / 2 s) | 4.0 (1 / 1 s) |" in markdown  # clips/s from the min time
