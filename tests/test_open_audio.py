@@ -315,6 +315,14 @@ def test_benchmark_table_and_random_spec(tmp_path):
     assert "| A: instrument family (11) | 80.0 ± 0.0 | 45.0 ± 7.1 | 60.0 ± 0.0 | 2 |" in text
 
 
+def test_training_wall_time_sums_the_sessions_of_a_resumed_run():
+    # two sessions logging every 10 s, an hour's break between them
+    first = [1000.0 + 10 * i for i in range(7)]  # 60 s of gaps
+    second = [first[-1] + 3600 + 10 * i for i in range(4)]  # 30 s of gaps
+    assert benchmark.training_wall_time(first + second) == pytest.approx(60 + 30 + 2 * 10)
+    assert benchmark.training_wall_time(first) == pytest.approx(60 + 10)
+
+
 E2E_TOOLS = ["apt-get", "dpkg", "fluidsynth", *TTS_TOOLS]
 
 

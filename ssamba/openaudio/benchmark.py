@@ -116,8 +116,23 @@ def summarise(probe_dir: Path, *, run: Path | None, corpus_report: Path | None,
     return table
 
 
+SESSION_BREAK_S = 600.0
+"""A gap this long between two logged training records is a break between sessions of a resumed run."""
+
+
+def training_wall_time(times: list[float]) -> float:
+    """Seconds spent training, from the times of the logged training records: the gaps between
+    consecutive records, leaving out breaks between the sessions of a resumed run (gaps over
+    SESSION_BREAK_S), plus one median gap per session for the steps before its first record."""
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    kept = [g for g in gaps if g < SESSION_BREAK_S]
+    sessions = 1 + len(gaps) - len(kept)
+    return sum(kept) + sessions * (float(np.median(kept)) if kept else 0.0)
+
+
 def run_facts(run: Path) -> dict[str, Any]:
-    """Steps, clips seen (steps x batch x accumulation, one process) and wall time of a pretraining run."""
+    """Steps, clips seen (steps x batch x accumulation, one process) and wall time of a pretraining run
+    (summed over its sessions when it was resumed)."""
     import yaml
 
     from ssamba.train.metrics import read_metrics
@@ -130,7 +145,7 @@ def run_facts(run: Path) -> dict[str, Any]:
     facts: dict[str, Any] = {
         "steps": steps,
         "clips_seen": steps * int(config["data"]["batch_size"]) * int(config["optim"].get("accumulate", 1)),
-        "wall_time_s": round(float(records[-1]["time"]) - (run / "config.yaml").stat().st_mtime, 1),
+        "wall_time_s": round(training_wall_time([float(r["time"]) for r in records]), 1),
     }
     evals = [r for r in read_metrics(run / "metrics.jsonl") if r.get("split") == "eval"]
     if evals:
