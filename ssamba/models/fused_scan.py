@@ -238,9 +238,11 @@ class _FusedSelectiveScan(torch.autograd.Function):
     """Autograd wrapper around the C++ forward/backward (channel-last inputs, validated, one dtype)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, grad_enabled):
         A_t = A.t().contiguous()
-        save = any(ctx.needs_input_grad[:8])
+        # needs_input_grad ignores no_grad/inference_mode (a parameter still "requires grad"), so the
+        # caller's grad mode decides too: inference keeps no checkpoints and no pre-gate copy
+        save = grad_enabled and any(ctx.needs_input_grad[:8])
         out, y_pre_gate, checkpoints = fused_extension().forward(
             u, delta, A_t, B, C, D, z, delta_bias, delta_softplus, reverse, CHECKPOINT_INTERVAL, save
         )
@@ -267,6 +269,7 @@ class _FusedSelectiveScan(torch.autograd.Function):
             dD if D is not None else None,
             dz if z is not None else None,
             ddelta_bias if delta_bias is not None else None,
+            None,
             None,
             None,
         )
@@ -365,15 +368,19 @@ def _scan_channels_last(
         t = t.to(compute_dtype)
         return t.contiguous() if vector or t.stride(-1) != 1 else t
 
-    args = (prepare(u), prepare(delta), prepare(A), prepare(B), prepare(C), prepare(D, vector=True), prepare(z),
-            prepare(delta_bias, vector=True), bool(delta_softplus), bool(reverse))
-    if torch.is_grad_enabled():
-        out = _FusedSelectiveScan.apply(*args)
-    else:  # inference: no state checkpoints, no pre-gate copy
-        u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, softplus, backwards = args
-        out = fused_extension().forward(
-            u_c, delta_c, A_c.t().contiguous(), B_c, C_c, D_c, z_c, bias_c, softplus, backwards, CHECKPOINT_INTERVAL, False
-        )[0]
+    out = _FusedSelectiveScan.apply(
+        prepare(u),
+        prepare(delta),
+        prepare(A),
+        prepare(B),
+        prepare(C),
+        prepare(D, vector=True),
+        prepare(z),
+        prepare(delta_bias, vector=True),
+        bool(delta_softplus),
+        bool(reverse),
+        torch.is_grad_enabled(),
+    )
     return out.to(u.dtype)
 
 

@@ -137,7 +137,8 @@ def run_facts(run: Path) -> dict[str, Any]:
 
     from ssamba.train.metrics import read_metrics
 
-    records = [r for r in read_metrics(run / "metrics.jsonl") if r.get("split") == "train"]
+    metrics = list(read_metrics(run / "metrics.jsonl"))
+    records = [r for r in metrics if r.get("split") == "train"]
     if not records:
         return {"steps": 0, "clips_seen": 0, "wall_time_s": 0.0}
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -147,7 +148,7 @@ def run_facts(run: Path) -> dict[str, Any]:
         "clips_seen": steps * int(config["data"]["batch_size"]) * int(config["optim"].get("accumulate", 1)),
         "wall_time_s": round(training_wall_time([float(r["time"]) for r in records]), 1),
     }
-    evals = [r for r in read_metrics(run / "metrics.jsonl") if r.get("split") == "eval"]
+    evals = [r for r in metrics if r.get("split") == "eval"]
     if evals:
         facts["eval_acc_first_last"] = [round(float(evals[0]["acc"]), 4), round(float(evals[-1]["acc"]), 4)]
     return facts
