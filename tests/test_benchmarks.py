@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from conftest import tiny_export, write_labelled_clips
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -153,7 +155,7 @@ def test_profile_step_compares_two_scan_backends(tmp_path):
     assert proc.returncode == 2 and "--compare-scan fused is the --scan backend itself" in proc.stderr
 
 
-@pytest.mark.parametrize("script", ["efficiency.py", "backend_throughput.py", "fused_scan.py", "profile_step.py"])
+@pytest.mark.parametrize("script", ["efficiency.py", "backend_throughput.py", "fused_scan.py", "profile_step.py", "open_audio_readouts.py"])
 def test_scripts_have_help_with_examples(script):
     proc = _run(script, "--help")
     assert "Examples:" in proc.stdout and f"python benchmarks/{script}" in proc.stdout
@@ -234,3 +236,34 @@ def test_inference_report_marks_the_issue_targets(tmp_path):
     assert "| 2048 | 90 MiB (1.00 s) | 60 MiB (1.00 s) | 400 MiB (1.00 s) | 1.50x |  |" in markdown  # below 4096 tokens: no target
     assert "| 4096 | 100 MiB (1.00 s) | 125 MiB (1.00 s) | skipped (attention matrices need 9.0 GiB) | 0.80x | <= 1x: met |" in markdown
     assert "| 10 s | 4 | 496 | 2 | 2.9 (1.4 / 1.4 s) | 2.0 (2 / 2 s) | 4.0 (1 / 1 s) |" in markdown  # clips/s from the min time
+
+
+def test_open_audio_readouts_pool_the_clip_columns():
+    from open_audio_readouts import pool, readout_vectors
+
+    grid = torch.arange(2 * 6 * 3, dtype=torch.float32).reshape(2, 6, 3).numpy()  # (freq, time, dim)
+    np.testing.assert_allclose(pool(grid, 6, "mean"), grid.mean(axis=(0, 1)))
+    np.testing.assert_allclose(pool(grid, 3, "clip-mean"), grid[:, :3].mean(axis=(0, 1)))
+    np.testing.assert_allclose(pool(grid, 3, "clip-freq"), grid[:, :3].mean(axis=1).reshape(-1))
+    thirds = [grid[:, i : i + 2].mean(axis=(0, 1)) for i in (0, 2, 4)]
+    np.testing.assert_allclose(pool(grid, 6, "clip-thirds"), np.concatenate(thirds))
+    assert pool(grid, 1, "clip-thirds").shape == (9,)  # one column: each third reads that column
+    grids = np.stack([np.stack([grid, 2 * grid])])  # (clips, blocks, freq, time, dim)
+    np.testing.assert_allclose(readout_vectors(grids, np.array([6]), "last", "mean")[0], 2 * grid.mean(axis=(0, 1)))
+    assert readout_vectors(grids, np.array([6]), "all", "clip-freq").shape == (1, 2 * 2 * 3)
+
+
+def test_open_audio_readouts_script_probes_both_encoders(tmp_path):
+    export = tiny_export(tmp_path)
+    task = tmp_path / "probes" / "C_keywords"
+    rows = write_labelled_clips(task, per_class=4, seconds=0.4)
+    splits = ["train", "train", "valid", "test"]
+    lines = ["path,label,split"] + [f"{path},{label},{splits[i // 3]}" for i, (path, label) in enumerate(rows)]
+    (task / "manifest.csv").write_text("\n".join(lines) + "\n")
+    _run("open_audio_readouts.py", "--export", str(export), "--probes", str(tmp_path / "probes"), "--tasks", "C",
+         "--blocks", "last", "--poolings", "mean", "clip-thirds", "--out", str(tmp_path / "readouts"))
+    rows = json.loads((tmp_path / "readouts.json").read_text())["rows"]
+    assert [(r["encoder"], r["pooling"]) for r in rows] == [
+        ("pretrained", "mean"), ("pretrained", "clip-thirds"), ("random", "mean"), ("random", "clip-thirds")]
+    assert all(0 <= r["test"] <= 100 and 0 <= r["valid"] <= 100 for r in rows)
+    assert "| C | last | clip-thirds |" in (tmp_path / "readouts.md").read_text()

@@ -22,7 +22,8 @@ under ``--cache`` (keyed by encoder weights digest, feature config, readout, fil
 segment); reruns only fit. Embeddings are standardised on the training clips, then an L2-regularised
 logistic regression (scikit-learn; one-vs-rest for multi-label) is fitted. Encoders: a checkpoint any
 ``ssamba.load_encoder`` reads, ``random:PRESET[:field=value,...]`` (seeded random init, the
-no-pretraining control) or ``logmel`` (per-mel-bin mean and std of the log-mel, a hand-crafted baseline).
+no-pretraining control) or ``logmel`` (per-mel-bin mean, std and mean |change| of a 64-bin log-mel, a
+hand-crafted baseline).
 Results (per split/fold, mean and spread, clips/s embedded, fit time) are printed and written to ``--output``.
 """
 

@@ -102,13 +102,16 @@ class EncoderEmbedder:
 
 
 class LogmelEmbedder:
-    """Hand-crafted baseline: per-mel-bin mean and standard deviation of the clip's log-mel (2 x bins)."""
+    """Hand-crafted baseline: per-mel-bin mean, standard deviation and mean |frame-to-frame change| of a
+    64-bin log-mel (3 x 64 numbers), order-free statistics as in the usual log-mel + logistic regression baseline."""
 
     name = LOGMEL
+    mel_bins = 64
+    statistics = ("mean", "std", "mean_abs_delta")
 
-    def __init__(self, features: FeatureConfig) -> None:
-        self.features = features
-        self.space = {"encoder": LOGMEL, "features": features.to_dict()}
+    def __init__(self) -> None:
+        self.features = FeatureConfig(num_mel_bins=self.mel_bins)
+        self.space = {"encoder": LOGMEL, "features": self.features.to_dict(), "statistics": list(self.statistics)}
 
     def prepare(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if wave.shape[0] < self.features.frame_length_samples:
@@ -116,7 +119,10 @@ class LogmelEmbedder:
         return self.features.raw_fbank(wave)[None], torch.ones(1)
 
     def embed_windows(self, windows: torch.Tensor) -> torch.Tensor:
-        return torch.cat([windows.mean(dim=1), windows.std(dim=1, correction=0)], dim=-1).float()
+        """(W, frames, bins) raw log-mel -> (W, 3 x bins); a one-frame clip has no change (zeros)."""
+        change = (windows[:, 1:] - windows[:, :-1]).abs()
+        mean_change = change.mean(dim=1) if windows.shape[1] > 1 else torch.zeros_like(windows[:, 0])
+        return torch.cat([windows.mean(dim=1), windows.std(dim=1, correction=0), mean_change], dim=-1).float()
 
 
 Embedder = EncoderEmbedder | LogmelEmbedder
@@ -167,7 +173,7 @@ def load_embedder(spec: str, readout: Readout, *, seed: int = 0, target_length: 
     from ssamba.interop.checkpoints import adapt_checkpoint, read_checkpoint
 
     if spec == LOGMEL:
-        return LogmelEmbedder(FeatureConfig())
+        return LogmelEmbedder()
     if readout.clip == "windows":
         if target_length is not None:
             raise ValueError("--target-length applies to --clip pad; --clip windows uses --window-seconds")
