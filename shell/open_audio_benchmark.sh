@@ -14,7 +14,7 @@
 # 4. prints one table (test accuracy %, mean ± std over seeds) and writes $EXP/open_audio.json and .md.
 #
 #   --model-size cpu    configs/pretrain/open-audio-cpu.yaml (8-layer ssamba-tiny width, 3.04 s crops;
-#                       the CPU reference: --budget 60 on 2 cores)
+#                       the CPU reference: --budget 90 --steps-per-minute 85 on 2 cores)
 #   --model-size tiny|small|base
 #                       the released full-length configs (configs/pretrain/ssamba-<size>-400.yaml: 24
 #                       layers, 10.24 s input, 400 masks); for a GPU, e.g. --budget 480 --probe-device cuda
@@ -26,13 +26,13 @@
 #
 # stages: 1 probe tasks, 2 corpus, 3 pretrain, 4 export, 5 probes, 6 table
 #
-#   ./shell/open_audio_benchmark.sh --budget 60                                  # CPU reference run
+#   ./shell/open_audio_benchmark.sh --budget 90 --steps-per-minute 85            # CPU reference run
 #   ./shell/open_audio_benchmark.sh --budget 480 --model-size small --probe-device cuda --exp exp/oa-small
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$SSAMBA_ROOT"
 
-budget=60
+budget=90
 model_size=cpu
 variant=full
 seeds="0 1 2"
