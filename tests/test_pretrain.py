@@ -211,7 +211,7 @@ def test_sigkill_then_resume_auto_continues_the_same_run(shards: dict[str, Path]
     run_dir = tmp_path / "killed"
     command = [sys.executable, "-m", "ssamba", "pretrain", "--config", str(BASE_CONFIG), "--no-progress", *tiny_overrides(shards, run_dir, *extra)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    first = run_dir / "checkpoints" / "step-00000002.pt"
+    first = run_dir / "checkpoints" / "last.pt"  # pointed at the step file after it is written: wait for both
     deadline = time.monotonic() + 120
     while not first.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
