@@ -6,7 +6,7 @@ block's token grid (frequency x time patches) of every clip, then fits the same 
 logistic regression, C chosen on the validation split or by inner folds) on each pooling:
 
 * ``mean``: all patch tokens (``ssamba probe --pooling mean``);
-* ``clip-mean``: only the time columns that cover the clip, not its padding;
+* ``clip-mean``: only the time columns whose centre lies inside the clip, not its padding;
 * ``clip-thirds``: the clip's columns cut into three equal parts, each mean-pooled, concatenated (keeps
   coarse time order, e.g. which phone comes first);
 * ``clip-freq``: per frequency row, the mean over the clip's columns, concatenated (keeps the spectral layout).
@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from ssamba.data.labelled import LabelledSet, load_clip_waveform, read_labelled
+from ssamba.interop.embed import WindowedEncoder
 from ssamba.openaudio.benchmark import TASKS, random_spec
 from ssamba.train.probe import Readout, load_embedder, make_plan, run_probe
 
@@ -43,7 +44,7 @@ def token_grids(spec: str, data: LabelledSet) -> tuple[np.ndarray, np.ndarray]:
     embedder = load_embedder(spec, Readout(), seed=0)
     encoder = embedder.encoder
     freq_patches, time_patches = encoder.grid
-    stride = encoder.config.tstride
+    clip_columns = WindowedEncoder(encoder, embedder.features).columns_in_clip
     grids, columns, batch = [], [], []
 
     def flush() -> None:
@@ -56,8 +57,7 @@ def token_grids(spec: str, data: LabelledSet) -> tuple[np.ndarray, np.ndarray]:
     for clip in tqdm(data.clips, desc=f"{Path(spec).name} {Path(data.source).parent.name}", leave=False):
         wave = load_clip_waveform(clip, embedder.features.sample_rate)
         windows, _ = embedder.prepare(wave)
-        frames = 1 + (wave.shape[0] - embedder.features.frame_length_samples) // embedder.features.frame_shift_samples
-        columns.append(min(time_patches, max(1, math.ceil(frames / stride))))
+        columns.append(min(time_patches, clip_columns(wave.shape[0])))
         batch.append(windows[0])
         if len(batch) == BATCH_SIZE:
             flush()
