@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -155,6 +156,14 @@ def test_music_banks_are_allow_listed(tmp_path):
     for refused in ("sf_GMbank.sf2", "TimGM6mb.sf2", "default.sf2"):
         with pytest.raises(ValueError, match="not allowed"):
             corpus.bank_origin(Path(refused))
+
+
+def test_topup_music_never_plays_task_a_validation_programs():
+    """FluidR3's held-out programs are task A's validation side, so the top-up must not render them."""
+    assert sources.TASK_A_VALID_PROGRAMS == {3, 7, 11, 15, 19, 27, 31, 35, 39, 43, 48, 59, 63, 64, 68, 75, 79, 83, 87}
+    _, programs = corpus.random_music(random.Random(0), seconds=3000.0)
+    used = {program for _, channel, program in programs if channel != 9}
+    assert len(used) > 50 and not used & sources.TASK_A_VALID_PROGRAMS
 
 
 def _read_midi_events(path: Path) -> list[tuple[int, bytes]]:

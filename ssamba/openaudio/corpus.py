@@ -39,8 +39,8 @@ from tqdm import tqdm
 from ssamba.audio.io import AUDIO_EXTENSIONS, AudioDecodeError
 from ssamba.openaudio import leakage, render
 from ssamba.openaudio.sources import (ALLOWED_BANK_FILES, BANK_PACKAGES, EXCLUDE, KINDS, LONG_FILE_MUSIC_PACKAGES,
-                                      LONG_FILE_MUSIC_SECONDS, MUSIC, SPEECH, TEXT_DIR, TEXT_PACKAGE, TTS_ESPEAK,
-                                      Package, packages_for)
+                                      LONG_FILE_MUSIC_SECONDS, MUSIC, SPEECH, TASK_A_VALID_PROGRAMS, TEXT_DIR,
+                                      TEXT_PACKAGE, TTS_ESPEAK, Package, packages_for)
 
 SEGMENT_SECONDS = 10.0
 MIN_SECONDS = 0.3
@@ -217,6 +217,8 @@ ESPEAK_LANGUAGES = ("af", "bg", "ca", "cs", "cy", "da", "de", "el", "en", "en-us
 ESPEAK_VARIANTS = ("", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7", "+f1", "+f2", "+f3", "+f4", "+f5",
                    "+klatt", "+croak")
 SCALE_STEPS = (0, 2, 4, 5, 7, 9, 11)
+# Melodic GM programs (0-103, no sound effects) minus task A's validation programs.
+TOPUP_PROGRAMS = tuple(p for p in range(104) if p not in TASK_A_VALID_PROGRAMS)
 
 
 def _sentences(data: Path) -> list[str]:
@@ -273,7 +275,8 @@ def bank_origin(soundfont: Path) -> str:
 
 
 def random_music(rng: random.Random, seconds: float) -> tuple[list[render.Note], list[tuple[float, int, int]]]:
-    """Melody + chords + optional drums in a random key and tempo, one program per part per 10 s."""
+    """Melody + chords + optional drums in a random key and tempo, one program of :data:`TOPUP_PROGRAMS`
+    per part per 10 s."""
     notes: list[render.Note] = []
     programs: list[tuple[float, int, int]] = []
     start = 0.0
@@ -281,7 +284,7 @@ def random_music(rng: random.Random, seconds: float) -> tuple[list[render.Note],
         root = rng.randint(36, 60)
         beat = 60.0 / rng.randint(70, 160)
         scale = [root + 12 * octave + step for octave in range(3) for step in SCALE_STEPS]
-        programs += [(start, 0, rng.randint(0, 103)), (start, 1, rng.randint(0, 103))]
+        programs += [(start, 0, rng.choice(TOPUP_PROGRAMS)), (start, 1, rng.choice(TOPUP_PROGRAMS))]
         t = start
         while t < start + SEGMENT_SECONDS - beat:
             length = beat * rng.choice((0.5, 1, 1, 2))

@@ -32,27 +32,16 @@ import numpy as np
 from tqdm import tqdm
 
 from ssamba.openaudio import corpus, render
+from ssamba.openaudio.sources import FAMILIES, heldout_programs
 
 MANIFEST = "manifest.csv"
 SILENCE_PEAK = 1e-4
 
 # ---------------------------------------------------------------- A: instrument family
 
-FAMILIES: dict[str, tuple[int, ...]] = {
-    "keyboard": tuple(range(0, 8)), "mallet": tuple(range(8, 16)), "organ": tuple(range(16, 21)),
-    "reed": tuple(range(21, 24)) + tuple(range(64, 72)), "guitar": tuple(range(24, 32)),
-    "bass": tuple(range(32, 40)), "string": tuple(range(40, 47)) + tuple(range(48, 52)),
-    "vocal": tuple(range(52, 55)), "brass": tuple(range(56, 64)), "flute": tuple(range(72, 80)),
-    "synth_lead": tuple(range(80, 88)),
-}
 TRAIN_BANK = ("fluid-soundfont-gm", "usr/share/sounds/sf2/FluidR3_GM.sf2")
 TEST_BANK = ("csound-soundfont", "usr/share/sounds/sf2/sf_GMbank.sf2")
 SLOT_SECONDS, NOTE_SECONDS, CLIP_SECONDS_A = 2.0, 1.0, 1.5
-
-
-def heldout_programs(family_programs: tuple[int, ...]) -> set[int]:
-    """Every 4th program of a family (the 4th, 8th, ...) is FluidR3's validation side."""
-    return {p for i, p in enumerate(family_programs) if i % 4 == 3}
 
 
 def _render_bank(bank: Path, plan: list[tuple[str, int]], notes: int, seed: int, tmp: Path) -> dict[tuple[int, int], np.ndarray]:

@@ -96,6 +96,24 @@ PACKAGES_BY_NAME = {package.name: package for package in PACKAGES}
 LONG_FILE_MUSIC_SECONDS = 30.0
 LONG_FILE_MUSIC_PACKAGES = frozenset({"freedink-data", "fillets-ng-data"})
 
+# Task A: GM program -> instrument family (95 programs).
+FAMILIES: dict[str, tuple[int, ...]] = {
+    "keyboard": tuple(range(0, 8)), "mallet": tuple(range(8, 16)), "organ": tuple(range(16, 21)),
+    "reed": tuple(range(21, 24)) + tuple(range(64, 72)), "guitar": tuple(range(24, 32)),
+    "bass": tuple(range(32, 40)), "string": tuple(range(40, 47)) + tuple(range(48, 52)),
+    "vocal": tuple(range(52, 55)), "brass": tuple(range(56, 64)), "flute": tuple(range(72, 80)),
+    "synth_lead": tuple(range(80, 88)),
+}
+
+
+def heldout_programs(family_programs: tuple[int, ...]) -> set[int]:
+    """Every 4th program of a family (the 4th, 8th, ...) is FluidR3's validation side."""
+    return {p for i, p in enumerate(family_programs) if i % 4 == 3}
+
+
+# FluidR3's held-out programs are task A's validation side: the top-up music never uses them.
+TASK_A_VALID_PROGRAMS = frozenset(p for programs in FAMILIES.values() for p in heldout_programs(programs))
+
 # Synthetic top-up: the only engines and banks allowed to make pretraining audio.
 TTS_ESPEAK = "tts:espeak-ng"
 BANK_FLUIDR3 = "midi:FluidR3_GM"
