@@ -11,12 +11,19 @@ logistic regression, C chosen on the validation split or by inner folds) on each
   coarse time order, e.g. which phone comes first);
 * ``clip-freq``: per frequency row, the mean over the clip's columns, concatenated (keeps the spectral layout).
 
-Both the pretrained encoder and the same architecture at random init (seed 0) are read out the same way.
+Both the pretrained encoder and the same architecture at random init (seed 0) are read out the same way;
+the log-mel baseline (``ssamba probe --encoder logmel``) is fitted beside them for reference.
+
+``--standardise per-split`` z-scores each split (or fold) with its own mean and variance before the probe
+instead of the training split's. It uses the evaluation clips' statistics (transductive), so it is a
+diagnosis of a shift between splits (task C: between TTS engines), never the benchmark protocol.
 
 Examples:
     python benchmarks/open_audio_readouts.py --export exp/open_audio/export --probes data/open_audio/probes
     python benchmarks/open_audio_readouts.py --export exp/open_audio/export --probes data/open_audio/probes \\
         --tasks C --blocks last all --out exp/open_audio/readouts
+    python benchmarks/open_audio_readouts.py --export exp/open_audio/export --probes data/open_audio/probes \
+        --tasks C --blocks all --poolings mean --standardise per-split
 """
 
 from __future__ import annotations
@@ -33,9 +40,10 @@ from tqdm import tqdm
 from ssamba.data.labelled import LabelledSet, load_clip_waveform, read_labelled
 from ssamba.interop.embed import WindowedEncoder
 from ssamba.openaudio.benchmark import TASKS, random_spec
-from ssamba.train.probe import Readout, load_embedder, make_plan, run_probe
+from ssamba.train.probe import LOGMEL, Evaluation, Readout, load_embedder, make_plan, run_probe
 
 POOLINGS = ("mean", "clip-mean", "clip-thirds", "clip-freq")
+STANDARDISATIONS = ("train", "per-split")
 BATCH_SIZE = 32
 
 
@@ -64,6 +72,26 @@ def token_grids(spec: str, data: LabelledSet) -> tuple[np.ndarray, np.ndarray]:
     if batch:
         flush()
     return np.concatenate(grids), np.array(columns)
+
+
+def logmel_vectors(data: LabelledSet) -> np.ndarray:
+    """The log-mel baseline's clip vectors (per-bin mean, std and mean |change| of a 64-bin log-mel)."""
+    embedder = load_embedder(LOGMEL, Readout())
+    vectors = []
+    for clip in tqdm(data.clips, desc=f"logmel {Path(data.source).parent.name}", leave=False):
+        windows, _ = embedder.prepare(load_clip_waveform(clip, embedder.features.sample_rate))
+        vectors.append(embedder.embed_windows(windows)[0].numpy())
+    return np.stack(vectors)
+
+
+def standardise_per_split(vectors: np.ndarray, data: LabelledSet) -> np.ndarray:
+    """Z-score the clips of each split (or fold) with that split's own mean and standard deviation."""
+    keys = np.array([clip.split or clip.fold or "" for clip in data.clips])
+    out = np.empty_like(vectors, dtype=np.float64)
+    for key in np.unique(keys):
+        part = vectors[keys == key].astype(np.float64)
+        out[keys == key] = (part - part.mean(axis=0)) / np.where(part.std(axis=0) > 0, part.std(axis=0), 1.0)
+    return out
 
 
 def pool(grid: np.ndarray, columns: int, pooling: str) -> np.ndarray:
@@ -96,32 +124,44 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=sorted(TASKS))
     parser.add_argument("--blocks", nargs="+", default=["last", "all"], help="last, all or block (pair) numbers")
     parser.add_argument("--poolings", nargs="+", choices=POOLINGS, default=list(POOLINGS))
+    parser.add_argument("--standardise", choices=STANDARDISATIONS, default="train",
+                        help="train: the probe's standardisation (the protocol); per-split: each split its own (diagnosis)")
     parser.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT.md")
     args = parser.parse_args()
     encoders = {"pretrained": str(args.export), "random": random_spec(args.export)}
     rows = []
+
+    def probe(data: LabelledSet, plan: list[Evaluation], vectors: np.ndarray, **row: str) -> None:
+        if args.standardise == "per-split":
+            vectors = standardise_per_split(vectors, data)
+        result = run_probe(data, vectors, plan, multilabel=False)
+        rows.append({**row, **{split: round(100 * s["mean"], 1) for split, s in result["summary"].items()}})
+        print(json.dumps(rows[-1]), flush=True)
+
     for task in args.tasks:
         data = read_labelled(args.probes / TASKS[task] / "manifest.csv")
         plan = make_plan(data)
+        probe(data, plan, logmel_vectors(data), task=task, encoder=LOGMEL, block="-", pooling="-")
         for name, spec in encoders.items():
             grids, columns = token_grids(spec, data)
             for block in args.blocks:
                 for pooling in args.poolings:
-                    result = run_probe(data, readout_vectors(grids, columns, block, pooling), plan, multilabel=False)
-                    scores = {split: round(100 * s["mean"], 1) for split, s in result["summary"].items()}
-                    rows.append({"task": task, "encoder": name, "block": block, "pooling": pooling, **scores})
-                    print(json.dumps(rows[-1]), flush=True)
-    lines = ["| task | block | pooling | pretrained valid / test | random valid / test |", "|---|---|---|---|---|"]
+                    probe(data, plan, readout_vectors(grids, columns, block, pooling), task=task, encoder=name,
+                          block=block, pooling=pooling)
+    lines = [f"Standardisation: {args.standardise}.", "",
+             "| task | block | pooling | pretrained valid / test | random valid / test | log-mel valid / test |",
+             "|---|---|---|---|---|---|"]
     for row in rows:
         if row["encoder"] != "pretrained":
             continue
         twin = next(r for r in rows if r["encoder"] == "random" and all(r[k] == row[k] for k in ("task", "block", "pooling")))
-        cells = [" / ".join(str(r.get(split, "-")) for split in ("valid", "test")) for r in (row, twin)]
-        lines.append(f"| {row['task']} | {row['block']} | {row['pooling']} | {cells[0]} | {cells[1]} |")
+        logmel = next(r for r in rows if r["encoder"] == LOGMEL and r["task"] == row["task"])
+        cells = [" / ".join(str(r.get(split, "-")) for split in ("valid", "test")) for r in (row, twin, logmel)]
+        lines.append(f"| {row['task']} | {row['block']} | {row['pooling']} | {' | '.join(cells)} |")
     print("\n".join(lines))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps({"rows": rows}, indent=1))
+        args.out.with_suffix(".json").write_text(json.dumps({"standardise": args.standardise, "rows": rows}, indent=1))
         args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

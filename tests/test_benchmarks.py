@@ -17,6 +17,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 from ssast_baseline import TransformerEncoder, transformer_config
 
+from ssamba.data.labelled import LabelledClip, LabelledSet
 from ssamba.models.encoder import AudioMambaEncoder, preset_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -263,7 +264,19 @@ def test_open_audio_readouts_script_probes_both_encoders(tmp_path):
     _run("open_audio_readouts.py", "--export", str(export), "--probes", str(tmp_path / "probes"), "--tasks", "C",
          "--blocks", "last", "--poolings", "mean", "clip-thirds", "--out", str(tmp_path / "readouts"))
     rows = json.loads((tmp_path / "readouts.json").read_text())["rows"]
-    assert [(r["encoder"], r["pooling"]) for r in rows] == [
+    assert [(r["encoder"], r["pooling"]) for r in rows] == [("logmel", "-"),
         ("pretrained", "mean"), ("pretrained", "clip-thirds"), ("random", "mean"), ("random", "clip-thirds")]
     assert all(0 <= r["test"] <= 100 and 0 <= r["valid"] <= 100 for r in rows)
     assert "| C | last | clip-thirds |" in (tmp_path / "readouts.md").read_text()
+
+
+def test_open_audio_readouts_standardise_each_split_on_its_own():
+    from open_audio_readouts import standardise_per_split
+
+    clips = [LabelledClip(Path(f"{i}.wav"), ("a",), split=split) for i, split in enumerate(["train"] * 3 + ["test"] * 2)]
+    data = LabelledSet(clips, ["a"], multilabel=False, source=Path("manifest.csv"))
+    vectors = np.array([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0], [10.0, -1.0], [30.0, 3.0]])
+    out = standardise_per_split(vectors, data)
+    scale = np.sqrt(2 / 3)  # population std of 1, 2, 3
+    np.testing.assert_allclose(out[:3], [[-1 / scale, 0.0], [0.0, 0.0], [1 / scale, 0.0]])  # a constant column stays 0
+    np.testing.assert_allclose(out[3:], [[-1.0, -1.0], [1.0, 1.0]])

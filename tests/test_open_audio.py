@@ -166,6 +166,18 @@ def test_topup_music_never_plays_task_a_validation_programs():
     assert len(used) > 50 and not used & sources.TASK_A_VALID_PROGRAMS
 
 
+def test_topup_refuses_to_mix_requests(tmp_path):
+    """A corpus keeps the top-up it was built with: other hours, or none, is an error, not a silent mix."""
+    parts = tmp_path / "full" / "parts"
+    corpus.topup_tts(tmp_path, "full", 0.0)  # none asked, none there: nothing to do
+    assert not parts.exists()
+    corpus._write_topup(parts / "topup-tts.csv", [], hours=6.0, seed=0)
+    corpus.topup_tts(tmp_path, "full", 6.0)  # the same request: already done
+    for hours, seed in ((3.0, 0), (0.0, 0), (6.0, 1)):
+        with pytest.raises(ValueError, match="topup-tts.csv: holds a top-up made with"):
+            corpus.topup_tts(tmp_path, "full", hours, seed)
+
+
 def _read_midi_events(path: Path) -> list[tuple[int, bytes]]:
     data = path.read_bytes()
     assert data[:4] == b"MThd" and data[14:18] == b"MTrk"
@@ -339,13 +351,15 @@ E2E_TOOLS = ["apt-get", "dpkg", "fluidsynth", *TTS_TOOLS]
 @pytest.mark.skipif(bool(render.missing_tools(E2E_TOOLS)), reason=f"needs {', '.join(E2E_TOOLS)}")
 def test_benchmark_script_end_to_end(tmp_path):
     data = _data_dir(tmp_path)
-    _fetch_or_skip(data, [p.name for p in sources.packages_for("tiny")] + [probes.TRAIN_BANK[0], probes.TEST_BANK[0]])
+    _fetch_or_skip(data, [p.name for p in sources.packages_for("tiny")] + [probes.TRAIN_BANK[0], probes.TEST_BANK[0]]
+                   + [sources.TEXT_PACKAGE, *sources.BANK_PACKAGES])
     files = {f"_archives/public/{prefix}{label}_v{i}_01.wav": (_tone(3.5, 44100, 100.0 + 37 * n + 5 * i, seed=i), 44100)
              for n, (label, prefix) in enumerate(probes.FOLEY_CLASSES.items()) for i in range(1, 6)}
     _fake_package(data, "0ad-data", files)  # task B from a stand-in 0 A.D. tree (the real one is 1.3 GB)
     exp = tmp_path / "exp"
     command = ["bash", str(REPO / "shell/open_audio_benchmark.sh"), "--variant", "tiny", "--tiny-probes",
-               "--budget", "0.25", "--seeds", "0 1", "--data", str(data), "--exp", str(exp), "--",
+               "--budget", "0.25", "--seeds", "0 1", "--tts-hours", "0.01", "--music-hours", "0.01", "--data", str(data),
+               "--exp", str(exp), "--",
                "data.eval_batch_size=2", "data.eval_max_batches=1", "train.eval_every=5", "train.save_every=5"]
     done = subprocess.run(command, cwd=REPO, env={**os.environ, "WORKERS": "1"}, capture_output=True, text=True,
                           timeout=1800, check=False)
@@ -358,3 +372,6 @@ def test_benchmark_script_end_to_end(tmp_path):
     assert table["steps"] > 0 and table["clips_seen"] >= table["steps"] and table["corpus_hours"] > 0
     assert (exp / "open_audio.md").read_text().startswith("| task |")
     assert (exp / "run" / "tb").is_dir()
+    origins = {row["origin"] for row in csv.DictReader((data / "tiny" / "train-speech.csv").open())}
+    origins |= {row["origin"] for row in csv.DictReader((data / "tiny" / "train-music.csv").open())}
+    assert {sources.TTS_ESPEAK, sources.BANK_FLUIDR3} <= origins  # the top-up reached the corpus

@@ -237,10 +237,30 @@ def _sentences(data: Path) -> list[str]:
     return sentences
 
 
+def _topup_done(part: Path, hours: float, seed: int) -> bool:
+    """True when ``part`` holds this top-up already or none is asked for; raises when it holds another one
+    (a corpus never mixes top-ups made with other hours or seeds, silently or otherwise)."""
+    request = {"hours": float(hours), "seed": seed}
+    record = part.with_suffix(".json")
+    if not part.exists():
+        return hours <= 0
+    found = json.loads(record.read_text(encoding="utf-8")) if record.exists() else "an unknown request"
+    if found != request:
+        raise ValueError(f"{part}: holds a top-up made with {found}, not {request}; "
+                         f"use another data folder, or delete {part.name} and its clips to rebuild it")
+    return True
+
+
+def _write_topup(part: Path, rows: list[dict[str, object]], hours: float, seed: int) -> None:
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.with_suffix(".json").write_text(json.dumps({"hours": float(hours), "seed": seed}) + "\n", encoding="utf-8")
+    _write_rows(part, rows)
+
+
 def topup_tts(data: Path, variant: str, hours: float, seed: int = 0) -> None:
     """espeak-ng speech in many languages, voices, speeds and pitches (the only TTS allowed in the corpus)."""
     part = data / variant / "parts" / "topup-tts.csv"
-    if part.exists() or hours <= 0:
+    if _topup_done(part, hours, seed):
         return
     sentences = _sentences(data)
     rng = random.Random(seed)
@@ -262,7 +282,7 @@ def topup_tts(data: Path, variant: str, hours: float, seed: int = 0) -> None:
                              "fingerprint": leakage.fingerprint(pcm)})
                 total += seconds
                 bar.update(round(seconds))
-    _write_rows(part, rows)
+    _write_topup(part, rows, hours, seed)
 
 
 def bank_origin(soundfont: Path) -> str:
@@ -303,7 +323,7 @@ def random_music(rng: random.Random, seconds: float) -> tuple[list[render.Note],
 def topup_music(data: Path, variant: str, hours: float, seed: int = 0, minutes_per_render: float = 5.0) -> None:
     """Random MIDI music rendered with the allowed banks (FluidR3 and MuseScore General) only."""
     part = data / variant / "parts" / "topup-music.csv"
-    if part.exists() or hours <= 0:
+    if _topup_done(part, hours, seed):
         return
     banks = []
     for package, inner in sorted(BANK_PACKAGES.items()):
@@ -333,7 +353,7 @@ def topup_music(data: Path, variant: str, hours: float, seed: int = 0, minutes_p
                 total += seconds
                 bar.update(round(seconds))
             render_index += 1
-    _write_rows(part, rows)
+    _write_topup(part, rows, hours, seed)
 
 
 # ---------------------------------------------------------------- check, split, report
