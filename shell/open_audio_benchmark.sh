@@ -2,8 +2,9 @@
 # Open-audio benchmark: does masked-patch pretraining learn? One command, one machine.
 #
 # usage: ./shell/open_audio_benchmark.sh [--budget MINUTES] [--model-size cpu|tiny|small|base]
-#            [--variant full|lean|tiny] [--seeds "0 1 2"] [--layer all|last|N] [--pooling mean|cls|both]
-#            [--tasks "A B C"] [--steps-per-minute R] [--probe-device cpu|cuda] [--tiny-probes]
+#            [--variant full|lean|tiny] [--tts-hours H] [--music-hours H] [--seeds "0 1 2"]
+#            [--layer all|last|N] [--pooling mean|cls|both] [--tasks "A B C"] [--steps-per-minute R]
+#            [--probe-device cpu|cuda] [--tiny-probes]
 #            [--data DIR] [--exp DIR] [--stage N] [--stop-stage N] [-- key=value ...]
 #
 # 1. prepares what is missing: the probe tasks A, B, C (finetune/open_audio_probes/*/prepare.sh) and
@@ -21,6 +22,11 @@
 #   --steps-per-minute  sets train.max_steps = budget x rate, the length of the cosine schedule of the
 #                       cpu config (default 40: an estimate from the demo's quiet-machine throughput,
 #                       not a measurement; measure yours on a short run and pass it)
+#   --tts-hours H, --music-hours H
+#                       hours of the corpus's synthetic top-up: espeak-ng speech in 44 languages, random MIDI
+#                       rendered with FluidR3 / MuseScore General (default 0 0, real audio only: the reference;
+#                       6 5 lowered task A, see benchmarks/RESULTS.md). Other hours than a corpus was built
+#                       with are refused: give them their own --data folder.
 #   --tiny-probes       a few clips per task (tests; the numbers mean nothing)
 #   -- key=value ...    extra `ssamba pretrain` overrides (e.g. data.batch_size=32)
 #
@@ -35,6 +41,8 @@ cd "$SSAMBA_ROOT"
 budget=90
 model_size=cpu
 variant=full
+tts_hours=0
+music_hours=0
 seeds="0 1 2"
 layer=all
 pooling=mean
@@ -52,6 +60,8 @@ while [ $# -gt 0 ]; do
         --budget) budget="$2"; shift 2 ;;
         --model-size) model_size="$2"; shift 2 ;;
         --variant) variant="$2"; shift 2 ;;
+        --tts-hours) tts_hours="$2"; shift 2 ;;
+        --music-hours) music_hours="$2"; shift 2 ;;
         --seeds) seeds="$2"; shift 2 ;;
         --layer) layer="$2"; shift 2 ;;
         --pooling) pooling="$2"; shift 2 ;;
@@ -100,7 +110,8 @@ if run_stage 2; then
     echo "== stage 2: corpus ($variant) -> $corpus"
     variant_flag=()
     [ "$variant" = full ] || variant_flag=("--$variant")
-    pretrain/open_audio/prepare.sh "${variant_flag[@]}" --data "$DATA" --probes "$probes"
+    pretrain/open_audio/prepare.sh "${variant_flag[@]}" --data "$DATA" --probes "$probes" \
+        --tts-hours "$tts_hours" --music-hours "$music_hours"
 fi
 
 if run_stage 3; then
