@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--blocks", nargs="+", default=["last", "all"], help="last, all or block (pair) numbers")
     parser.add_argument("--poolings", nargs="+", choices=POOLINGS, default=list(POOLINGS))
     parser.add_argument("--standardise", choices=STANDARDISATIONS, default="train",
-                        help="train: the probe's standardisation (the protocol); per-split: each split its own (diagnosis)")
+                        help="train: the probe's own (the protocol); per-split: each split its own (a diagnosis)")
     parser.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT.md")
     args = parser.parse_args()
     encoders = {"pretrained": str(args.export), "random": random_spec(args.export)}

@@ -273,7 +273,8 @@ def test_open_audio_readouts_script_probes_both_encoders(tmp_path):
 def test_open_audio_readouts_standardise_each_split_on_its_own():
     from open_audio_readouts import standardise_per_split
 
-    clips = [LabelledClip(Path(f"{i}.wav"), ("a",), split=split) for i, split in enumerate(["train"] * 3 + ["test"] * 2)]
+    splits = ["train"] * 3 + ["test"] * 2
+    clips = [LabelledClip(Path(f"{i}.wav"), ("a",), split=split) for i, split in enumerate(splits)]
     data = LabelledSet(clips, ["a"], multilabel=False, source=Path("manifest.csv"))
     vectors = np.array([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0], [10.0, -1.0], [30.0, 3.0]])
     out = standardise_per_split(vectors, data)

@@ -358,8 +358,8 @@ def test_benchmark_script_end_to_end(tmp_path):
     _fake_package(data, "0ad-data", files)  # task B from a stand-in 0 A.D. tree (the real one is 1.3 GB)
     exp = tmp_path / "exp"
     command = ["bash", str(REPO / "shell/open_audio_benchmark.sh"), "--variant", "tiny", "--tiny-probes",
-               "--budget", "0.25", "--seeds", "0 1", "--tts-hours", "0.01", "--music-hours", "0.01", "--data", str(data),
-               "--exp", str(exp), "--",
+               "--budget", "0.25", "--seeds", "0 1", "--tts-hours", "0.01", "--music-hours", "0.01",
+               "--data", str(data), "--exp", str(exp), "--",
                "data.eval_batch_size=2", "data.eval_max_batches=1", "train.eval_every=5", "train.save_every=5"]
     done = subprocess.run(command, cwd=REPO, env={**os.environ, "WORKERS": "1"}, capture_output=True, text=True,
                           timeout=1800, check=False)
