@@ -22,7 +22,7 @@ Examples:
     python benchmarks/open_audio_readouts.py --export exp/open_audio/export --probes data/open_audio/probes
     python benchmarks/open_audio_readouts.py --export exp/open_audio/export --probes data/open_audio/probes \\
         --tasks C --blocks last all --out exp/open_audio/readouts
-    python benchmarks/open_audio_readouts.py --export exp/open_audio/export --probes data/open_audio/probes \
+    python benchmarks/open_audio_readouts.py --export exp/open_audio/export --probes data/open_audio/probes \\
         --tasks C --blocks all --poolings mean --standardise per-split
 """
 
@@ -40,7 +40,8 @@ from tqdm import tqdm
 from ssamba.data.labelled import LabelledSet, load_clip_waveform, read_labelled
 from ssamba.interop.embed import WindowedEncoder
 from ssamba.openaudio.benchmark import TASKS, random_spec
-from ssamba.train.probe import LOGMEL, Evaluation, Readout, load_embedder, make_plan, run_probe
+from ssamba.train.probe import (LOGMEL, EmbeddingCache, Evaluation, Readout, embed_set, load_embedder, make_plan,
+                                run_probe)
 
 POOLINGS = ("mean", "clip-mean", "clip-thirds", "clip-freq")
 STANDARDISATIONS = ("train", "per-split")
@@ -75,22 +76,20 @@ def token_grids(spec: str, data: LabelledSet) -> tuple[np.ndarray, np.ndarray]:
 
 
 def logmel_vectors(data: LabelledSet) -> np.ndarray:
-    """The log-mel baseline's clip vectors (per-bin mean, std and mean |change| of a 64-bin log-mel)."""
+    """The log-mel baseline's clip vectors, as ``ssamba probe --encoder logmel`` makes them (NaN rows: skipped)."""
     embedder = load_embedder(LOGMEL, Readout())
-    vectors = []
-    for clip in tqdm(data.clips, desc=f"logmel {Path(data.source).parent.name}", leave=False):
-        windows, _ = embedder.prepare(load_clip_waveform(clip, embedder.features.sample_rate))
-        vectors.append(embedder.embed_windows(windows)[0].numpy())
-    return np.stack(vectors)
+    return embed_set(data, embedder, EmbeddingCache(None, embedder.space)).vectors
 
 
 def standardise_per_split(vectors: np.ndarray, data: LabelledSet) -> np.ndarray:
-    """Z-score the clips of each split (or fold) with that split's own mean and standard deviation."""
+    """Z-score the clips of each split (or fold) with that split's own mean and standard deviation
+    (a constant feature stays 0; NaN rows, skipped clips, stay NaN)."""
     keys = np.array([clip.split or clip.fold or "" for clip in data.clips])
     out = np.empty_like(vectors, dtype=np.float64)
     for key in np.unique(keys):
         part = vectors[keys == key].astype(np.float64)
-        out[keys == key] = (part - part.mean(axis=0)) / np.where(part.std(axis=0) > 0, part.std(axis=0), 1.0)
+        std = np.nanstd(part, axis=0)
+        out[keys == key] = (part - np.nanmean(part, axis=0)) / np.where(std > 0, std, 1.0)
     return out
 
 

@@ -281,3 +281,6 @@ def test_open_audio_readouts_standardise_each_split_on_its_own():
     scale = np.sqrt(2 / 3)  # population std of 1, 2, 3
     np.testing.assert_allclose(out[:3], [[-1 / scale, 0.0], [0.0, 0.0], [1 / scale, 0.0]])  # a constant column stays 0
     np.testing.assert_allclose(out[3:], [[-1.0, -1.0], [1.0, 1.0]])
+    vectors[4] = np.nan  # a skipped clip: its row stays NaN, the rest of its split is standardised without it
+    out = standardise_per_split(vectors, data)
+    assert np.isnan(out[4]).all() and np.array_equal(out[3], [0.0, 0.0])

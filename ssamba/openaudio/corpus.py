@@ -237,23 +237,28 @@ def _sentences(data: Path) -> list[str]:
     return sentences
 
 
+def _topup_request(hours: float, seed: int) -> dict[str, object]:
+    """What a top-up part records beside it (``<part>.json``): the hours and seed it was made with."""
+    return {"hours": float(hours), "seed": seed}
+
+
 def _topup_done(part: Path, hours: float, seed: int) -> bool:
     """True when ``part`` holds this top-up already or none is asked for; raises when it holds another one
     (a corpus never mixes top-ups made with other hours or seeds, silently or otherwise)."""
-    request = {"hours": float(hours), "seed": seed}
-    record = part.with_suffix(".json")
     if not part.exists():
         return hours <= 0
+    record = part.with_suffix(".json")
     found = json.loads(record.read_text(encoding="utf-8")) if record.exists() else "an unknown request"
-    if found != request:
-        raise ValueError(f"{part}: holds a top-up made with {found}, not {request}; "
+    if found != _topup_request(hours, seed):
+        raise ValueError(f"{part}: holds a top-up made with {found}, not {_topup_request(hours, seed)}; "
                          f"use another data folder, or delete {part.name} and its clips to rebuild it")
     return True
 
 
 def _write_topup(part: Path, rows: list[dict[str, object]], hours: float, seed: int) -> None:
+    """The record first, then the part: a run killed between the two leaves no part, so it is redone."""
     part.parent.mkdir(parents=True, exist_ok=True)
-    part.with_suffix(".json").write_text(json.dumps({"hours": float(hours), "seed": seed}) + "\n", encoding="utf-8")
+    part.with_suffix(".json").write_text(json.dumps(_topup_request(hours, seed)) + "\n", encoding="utf-8")
     _write_rows(part, rows)
 
 
