@@ -249,8 +249,9 @@ def _topup_done(part: Path, hours: float, seed: int) -> bool:
         return hours <= 0
     record = part.with_suffix(".json")
     found = json.loads(record.read_text(encoding="utf-8")) if record.exists() else "an unknown request"
-    if found != _topup_request(hours, seed):
-        raise ValueError(f"{part}: holds a top-up made with {found}, not {_topup_request(hours, seed)}; "
+    request = _topup_request(hours, seed)
+    if found != request:
+        raise ValueError(f"{part}: holds a top-up made with {found}, not {request}; "
                          f"use another data folder, or delete {part.name} and its clips to rebuild it")
     return True
 
