@@ -238,6 +238,26 @@ def test_foley_task_groups_stems_into_folds(tmp_path):
     assert _rows(again) == rows  # deterministic
 
 
+def test_foley_task_clips_assets_that_overshoot_full_scale(tmp_path):
+    # some 0 A.D. Vorbis assets decode above full scale (Musket_*.ogg peaks at 3.4): the generic decoder
+    # refuses such a file, task B keeps it, clipped to 16-bit full scale as the reference manifest has it
+    from ssamba.audio.io import AudioDecodeError, decode_file
+
+    files = {f"_archives/public/{prefix}s_01.wav": (_tone(2.0, 44100, 300.0), 44100)
+             for prefix in probes.FOLEY_CLASSES.values()}
+    _fake_package(tmp_path, "0ad-data", files)
+    hot_rel = next(iter(files))
+    hot = tmp_path / "raw/0ad-data" / hot_rel
+    soundfile.write(hot, 3.4 * _tone(2.0, 44100, 300.0) / 0.45, 44100, subtype="FLOAT")
+    with pytest.raises(AudioDecodeError, match="peak amplitude"):
+        decode_file(hot)
+    rows = _rows(probes.prepare_foley(tmp_path, tmp_path / "B"))
+    assert len(rows) == 10
+    hot_row = next(r for r in rows if r["label"] == next(iter(probes.FOLEY_CLASSES)))
+    pcm, _ = soundfile.read(tmp_path / "B" / hot_row["path"], dtype="int16")
+    assert pcm.max() == 32767 and pcm.min() == -32768
+
+
 def test_foley_group_names():
     assert probes.foley_group("audio/resource/mining/mine_stone_01.ogg") == "mine_stone"
     assert probes.foley_group("x/Arrow-12b.wav") == "arrow"

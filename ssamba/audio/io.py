@@ -57,15 +57,15 @@ def check_sample_rate(rate: int, name: str) -> None:
         )
 
 
-def check_samples(audio: np.ndarray, name: str) -> float:
-    """Refuse NaN/Inf samples and peaks above :data:`MAX_PEAK`; returns the peak ``max |x|``."""
+def check_samples(audio: np.ndarray, name: str, max_peak: float | None = MAX_PEAK) -> float:
+    """Refuse NaN/Inf samples and peaks above ``max_peak`` (None: any peak); returns the peak ``max |x|``."""
     peak = float(np.abs(audio).max()) if audio.size else 0.0
     if not math.isfinite(peak):
         bad = int((~np.isfinite(audio)).sum())
         raise AudioDecodeError(f"{name}: {bad} of {audio.size} samples are NaN or infinite", "non_finite")
-    if peak > MAX_PEAK:
+    if max_peak is not None and peak > max_peak:
         raise AudioDecodeError(
-            f"{name}: peak amplitude {peak:.4g} is above {MAX_PEAK:g}; float audio must be scaled to [-1, 1] "
+            f"{name}: peak amplitude {peak:.4g} is above {max_peak:g}; float audio must be scaled to [-1, 1] "
             "(integer PCM stored as float? divide by 32768)",
             "too_loud",
         )
@@ -130,13 +130,14 @@ def _read_pyav(path: str) -> tuple[np.ndarray, int]:
     return audio, rate
 
 
-def decode_file(path: str | os.PathLike[str]) -> tuple[np.ndarray, int, int]:
+def decode_file(path: str | os.PathLike[str], max_peak: float | None = MAX_PEAK) -> tuple[np.ndarray, int, int]:
     """Decode a file to ``(mono float32 samples, sample_rate, original_channels)``.
 
     soundfile first; for other formats PyAV (optional extra). Raises :class:`AudioDecodeError`
     naming the file (and the extra when the format needs PyAV and it is missing) for a missing,
     non-regular or 0-byte file, undecodable data, a sample rate outside
-    ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]``, NaN/Inf samples or a peak above :data:`MAX_PEAK`.
+    ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]``, NaN/Inf samples or a peak above ``max_peak`` (None: no
+    limit, for trusted sources whose lossy decode overshoots full scale).
     """
     path = os.fspath(path)
     suffix = Path(path).suffix.lower()
@@ -159,7 +160,7 @@ def decode_file(path: str | os.PathLike[str]) -> tuple[np.ndarray, int, int]:
             raise AudioDecodeError(f"{path}: cannot decode (soundfile: {sf_error}; PyAV: {av_error})") from av_error
     check_sample_rate(rate, path)
     mono = to_mono(audio)
-    check_samples(mono, path)
+    check_samples(mono, path, max_peak)
     return mono, rate, audio.shape[1]
 
 

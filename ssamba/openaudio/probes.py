@@ -142,7 +142,9 @@ def prepare_foley(data: Path, out: Path, *, max_per_class: int | None = None, se
         chosen += [(p, rel, label) for p, rel in members[:max_per_class]]
     rows = []
     for path, rel, label in tqdm(chosen, desc="foley", leave=False):
-        audio = render.read_mono(path)[: int(CLIP_SECONDS_B * render.SAMPLE_RATE)]
+        # the game's Vorbis assets are trusted, and some overshoot full scale when decoded (the muskets
+        # peak at 3.4): no peak limit, and quantize() clips them to 16-bit full scale
+        audio = render.read_mono(path, max_peak=None)[: int(CLIP_SECONDS_B * render.SAMPLE_RATE)]
         if len(audio) < 0.3 * render.SAMPLE_RATE or float(np.abs(audio).max()) < SILENCE_PEAK:
             continue
         name = f"clips/{label}/{Path(rel).stem}.flac"

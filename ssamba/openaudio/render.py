@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from ssamba.audio.io import decode_file, resample
+from ssamba.audio.io import MAX_PEAK, decode_file, resample
 
 SAMPLE_RATE = 16000
 TOOL_PACKAGES = {
@@ -76,9 +76,9 @@ def write_clip(path: Path, pcm: np.ndarray, sample_rate: int = SAMPLE_RATE) -> N
     tmp.replace(path)
 
 
-def read_mono(path: Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode any audio file to mono float32 at ``sample_rate``."""
-    audio, rate, _ = decode_file(path)
+def read_mono(path: Path, sample_rate: int = SAMPLE_RATE, max_peak: float | None = MAX_PEAK) -> np.ndarray:
+    """Decode any audio file to mono float32 at ``sample_rate`` (peak limit as :func:`decode_file`)."""
+    audio, rate, _ = decode_file(path, max_peak)
     return resample(audio, rate, sample_rate)
 
 
