@@ -17,7 +17,7 @@ after every stage, so a killed run still leaves its results. ``--cpu-smoke`` run
 tiny sizes on the CPU (the triton kernels through TRITON_INTERPRET=1) to test the script itself.
 
 Examples:
-  bash benchmarks/gpu_check.sh                                   # one GPU, about 8 minutes
+  bash benchmarks/gpu_check.sh                                   # one GPU, about 6-9 minutes
   python benchmarks/gpu_check.py --stages env parity scan_speed  # a subset
   python benchmarks/gpu_check.py --mamba-ssm-archive mamba_ssm-2.3.2.post1.tar.gz --total-minutes 20
   python benchmarks/gpu_check.py --cpu-smoke --out-dir /tmp/gpu_check_smoke
@@ -45,14 +45,15 @@ MIB = 2**20
 STAGE_BUDGETS_S: dict[str, float] = {
     "env": 20,
     "mamba_ssm": 240,
-    "tests": 60,
+    "tests": 120,
     "parity": 35,
     "scan_speed": 45,
     "train_step": 120,
     "pretrain": 60,
     "efficiency": 110,
 }
-"""Per-stage time budgets on one H100 (the default stages add up to under 8 minutes without mamba_ssm)."""
+"""Per-stage time budgets on one H100 (the default stages add up to 8.5 minutes without mamba_ssm; the tests took
+95 s on a cold Triton cache in the first H100 run, 2026-11-27)."""
 DEFAULT_STAGES = ("env", "mamba_ssm", "tests", "parity", "scan_speed", "train_step", "pretrain", "efficiency")
 STARTUP_GRACE_S = 20.0
 """Subprocess time on top of a stage budget (imports); the stage itself keeps to its budget."""
@@ -202,8 +203,8 @@ def stage_tests(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
     try:
         run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=remaining)
     except subprocess.TimeoutExpired as err:
-        tail = (err.stdout or b"")[-1500:]
-        return {"status": "budget", "message": f"pytest did not finish in {remaining:.0f} s", "output": str(tail)}
+        partial = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+        return {"status": "budget", "message": f"pytest did not finish in {remaining:.0f} s", "output": partial[-1500:]}
     lines = run.stdout.strip().splitlines()
     summary = lines[-1] if lines else run.stderr.strip()[-300:]
     status = "ok" if run.returncode == 0 else ("skipped" if run.returncode == 5 else "failed")
@@ -617,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(DEFAULT_STAGES), help="stages to run, in order (default: all)")
     parser.add_argument("--out-dir", type=Path, default=Path(os.environ.get("OUT") or "gpu_check_out"),
                         help="where gpu_check.json/.md go (default: $OUT, else ./gpu_check_out)")
-    parser.add_argument("--total-minutes", type=float, default=7.6, help="no stage starts once this is used up (default: %(default)s)")
+    parser.add_argument("--total-minutes", type=float, default=8.6, help="no stage starts once this is used up (default: %(default)s)")
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply every stage budget (default: %(default)s)")
     parser.add_argument("--mamba-ssm-archive", help="mamba-ssm source archive (.tar.gz) to build for this GPU before the comparisons")
     parser.add_argument("--cpu-smoke", action="store_true", help="every stage at tiny sizes on CPU (triton via TRITON_INTERPRET=1)")

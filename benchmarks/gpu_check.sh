@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check (benchmarks/gpu_check.py): GPU tests, triton/chunked/cuda scan parity and
 # speed, ssamba-tiny/base training steps per backend in fp32 and bf16, `ssamba pretrain` with resume,
-# and the efficiency sweep against SSAST past 22k tokens. About 8 minutes on one H100; needs only
+# and the efficiency sweep against SSAST past 22k tokens. About 6-9 minutes on one H100; needs only
 # this checkout and the machine's torch (with triton): no network, nothing installed.
 #
 #   bash benchmarks/gpu_check.sh                          # results in $OUT, else ./gpu_check_out
@@ -10,8 +10,8 @@
 #
 # Writes OUT_DIR/gpu_check.json and OUT_DIR/gpu_check.md (updated after every stage). Extra
 # arguments go to benchmarks/gpu_check.py (--help lists them). A hard wall-clock limit
-# (GPU_CHECK_TIMEOUT_S, default 475 s) stops everything; the files keep the finished stages.
+# (GPU_CHECK_TIMEOUT_S, default 540 s) stops everything; the files keep the finished stages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec timeout --kill-after=10 "${GPU_CHECK_TIMEOUT_S:-475}" python benchmarks/gpu_check.py "$@"
+exec timeout --kill-after=10 "${GPU_CHECK_TIMEOUT_S:-540}" python benchmarks/gpu_check.py "$@"

@@ -19,9 +19,11 @@
 #   --model-size tiny|small|base
 #                       the released full-length configs (configs/pretrain/ssamba-<size>-400.yaml: 24
 #                       layers, 10.24 s input, 400 masks); for a GPU, e.g. --budget 480 --probe-device cuda
-#   --steps-per-minute  sets train.max_steps = budget x rate, the length of the cosine schedule of the
-#                       cpu config (default 40: an estimate from the demo's quiet-machine throughput,
-#                       not a measurement; measure yours on a short run and pass it)
+#                       --steps-per-minute 38 (ssamba-tiny-400 on one H100, batch 64, fp32)
+#   --steps-per-minute  sets train.max_steps = budget x rate: the length of the cpu config's cosine
+#                       schedule, and for the other sizes (plateau schedule) the cap that lets a rerun of a
+#                       finished run do nothing (default 40: an estimate from the demo's quiet-machine
+#                       throughput, not a measurement; measure yours on a short run and pass it)
 #   --tts-hours H, --music-hours H
 #                       hours of the corpus's synthetic top-up: espeak-ng speech in 44 languages, random MIDI
 #                       rendered with FluidR3 / MuseScore General (default 0 0, real audio only: the reference;
@@ -33,7 +35,8 @@
 # stages: 1 probe tasks, 2 corpus, 3 pretrain, 4 export, 5 probes, 6 table
 #
 #   ./shell/open_audio_benchmark.sh --budget 90 --steps-per-minute 85            # CPU reference run
-#   ./shell/open_audio_benchmark.sh --budget 480 --model-size small --probe-device cuda --exp exp/oa-small
+#   ./shell/open_audio_benchmark.sh --budget 480 --model-size tiny --steps-per-minute 38 --probe-device cuda \
+#       --exp exp/oa-tiny                                                        # one H100
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$SSAMBA_ROOT"
@@ -124,11 +127,10 @@ if run_stage 3; then
     done
     [ -n "$mix" ] || { echo "no corpus shards under $corpus/shards (run stage 2)" >&2; exit 1; }
     steps=$(python -c "import sys; print(max(1, round(float(sys.argv[1]) * float(sys.argv[2]))))" "$budget" "$steps_per_minute")
-    overrides=(run.dir="$EXP/run" "data.train_shards={$mix}" data.eval_shards="$corpus/shards/eval" train.max_minutes="$budget")
+    overrides=(run.dir="$EXP/run" "data.train_shards={$mix}" data.eval_shards="$corpus/shards/eval"
+               train.max_minutes="$budget" train.max_steps="$steps" train.epochs=null)
     if [ "$model_size" = cpu ]; then
-        overrides+=(train.max_steps="$steps" schedule.warmup_steps="$(( steps / 10 < 200 ? (steps / 10 > 0 ? steps / 10 : 1) : 200 ))")
-    else
-        overrides+=(train.epochs=null train.max_steps=null)
+        overrides+=(schedule.warmup_steps="$(( steps / 10 < 200 ? (steps / 10 > 0 ? steps / 10 : 1) : 200 ))")
     fi
     # compile the fused CPU kernels first, so the wall-clock budget is spent training (a no-op once built)
     [ "$model_size" != cpu ] || ssamba build

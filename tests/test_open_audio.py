@@ -367,6 +367,34 @@ def test_training_wall_time_sums_the_sessions_of_a_resumed_run():
 E2E_TOOLS = ["apt-get", "dpkg", "fluidsynth", *TTS_TOOLS]
 
 
+
+
+def test_benchmark_gpu_sizes_pretrain_and_export(tmp_path):
+    # --model-size tiny|small|base (the GPU variant) trains the released config for the wall-clock budget,
+    # capped at budget x --steps-per-minute steps; here ssamba-tiny-400 cut to 2 layers of width 32 on CPU
+    import yaml
+
+    from ssamba.data.synthetic import write_demo_corpus
+
+    data = tmp_path / "data"
+    for split, clips, seed in (("speech", 6, 0), ("eval", 2, 1)):
+        write_demo_corpus(tmp_path / "audio" / split, clips, seconds=2.0, seed=seed)
+        subprocess.run([sys.executable, "-m", "ssamba", "shards", "folder", str(tmp_path / "audio" / split),
+                        "-o", str(data / "tiny/shards" / split)], check=True, capture_output=True)
+    exp = tmp_path / "exp"
+    command = ["bash", str(REPO / "shell/open_audio_benchmark.sh"), "--stage", "3", "--stop-stage", "4",
+               "--variant", "tiny", "--model-size", "tiny", "--budget", "5", "--steps-per-minute", "0.6",
+               "--data", str(data), "--exp", str(exp), "--", "model.depth=2", "model.embed_dim=32",
+               "data.batch_size=2", "data.num_workers=0", "train.eval_every=3", "train.save_every=3",
+               "data.eval_max_batches=1"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    train = yaml.safe_load((exp / "run" / "config.yaml").read_text())["train"]
+    assert (train["max_steps"], train["epochs"], train["max_minutes"]) == (3, None, 5.0)
+    assert "finished at step 3" in done.stdout + done.stderr
+    assert (exp / "export").is_dir()
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(bool(render.missing_tools(E2E_TOOLS)), reason=f"needs {', '.join(E2E_TOOLS)}")
 def test_benchmark_script_end_to_end(tmp_path):
