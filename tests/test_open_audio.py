@@ -248,7 +248,8 @@ def test_foley_task_clips_assets_that_overshoot_full_scale(tmp_path):
     _fake_package(tmp_path, "0ad-data", files)
     hot_rel = next(iter(files))
     hot = tmp_path / "raw/0ad-data" / hot_rel
-    soundfile.write(hot, 3.4 * _tone(2.0, 44100, 300.0) / 0.45, 44100, subtype="FLOAT")
+    tone = _tone(2.0, 44100, 300.0)
+    soundfile.write(hot, 3.4 * tone / np.abs(tone).max(), 44100, subtype="FLOAT")  # peak 3.4, as the muskets
     with pytest.raises(AudioDecodeError, match="peak amplitude"):
         decode_file(hot)
     rows = _rows(probes.prepare_foley(tmp_path, tmp_path / "B"))
@@ -364,11 +365,6 @@ def test_training_wall_time_sums_the_sessions_of_a_resumed_run():
     assert benchmark.training_wall_time(first) == pytest.approx(60 + 10)
 
 
-E2E_TOOLS = ["apt-get", "dpkg", "fluidsynth", *TTS_TOOLS]
-
-
-
-
 def test_benchmark_gpu_sizes_pretrain_and_export(tmp_path):
     # --model-size tiny|small|base (the GPU variant) trains the released config for the wall-clock budget,
     # capped at budget x --steps-per-minute steps; here ssamba-tiny-400 cut to 2 layers of width 32 on CPU
@@ -393,6 +389,9 @@ def test_benchmark_gpu_sizes_pretrain_and_export(tmp_path):
     assert (train["max_steps"], train["epochs"], train["max_minutes"]) == (3, None, 5.0)
     assert "finished at step 3" in done.stdout + done.stderr
     assert (exp / "export").is_dir()
+
+
+E2E_TOOLS = ["apt-get", "dpkg", "fluidsynth", *TTS_TOOLS]
 
 
 @pytest.mark.slow
