@@ -270,6 +270,24 @@ def test_open_audio_readouts_script_probes_both_encoders(tmp_path):
     assert "| C | last | clip-thirds |" in (tmp_path / "readouts.md").read_text()
 
 
+def test_keyword_engines_script_transfers_between_engines(tmp_path):
+    # two "engines" render the same three classes; the baseline separates them, so it transfers well
+    rows = write_labelled_clips(tmp_path, per_class=6, seconds=0.4)
+    lines = ["path,label,split,engine"] + [f"{path},{label},train,{'one' if i < 9 else 'two'}" for i, (path, label) in enumerate(rows)]
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    _run("keyword_engines.py", "--manifest", str(manifest), "--train", "one", "--out", str(tmp_path / "engines"))
+    result = json.loads((tmp_path / "engines.json").read_text())
+    assert result["frames"] == {"one": 38.0, "two": 38.0}  # 0.4 s: 1 + (6400 - 400) // 160 frames of 10 ms
+    assert [(r["train"], r["test"]) for r in result["rows"]] == [("one", "two")]
+    assert result["rows"][0]["accuracy"] > 80.0
+    assert "| one (9 clips) -> two |" in (tmp_path / "engines.md").read_text()
+    manifest.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "keyword_engines.py"), "--manifest", str(manifest)],
+                          capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S, check=False)
+    assert proc.returncode != 0 and "expected an 'engine' column" in proc.stderr
+
+
 def test_open_audio_readouts_standardise_each_split_on_its_own():
     from open_audio_readouts import standardise_per_split
 

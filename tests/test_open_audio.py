@@ -265,6 +265,21 @@ def test_foley_group_names():
     assert probes.assign_folds({"a": 5, "b": 3, "c": 2, "d": 1}, 2, 0) == probes.assign_folds({"a": 5, "b": 3, "c": 2, "d": 1}, 2, 0)
 
 
+def test_speech_span_cuts_near_silence_around_the_loud_part():
+    rng = np.random.default_rng(0)
+    tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(int(0.5 * SR)) / SR)
+    hiss = lambda seconds: 1e-3 * rng.standard_normal(int(seconds * SR))  # noqa: E731 (~-51 dB under the tone)
+    audio = np.concatenate([hiss(0.3), tone, hiss(0.2)])
+    span = probes.speech_span(audio)
+    frame, hop = round(probes.ENDPOINT_FRAME_SECONDS * SR), round(probes.ENDPOINT_HOP_SECONDS * SR)
+    tone_start, tone_end = int(0.3 * SR), int(0.8 * SR)
+    # the first and last frames kept overlap the tone; nothing further out than one frame is kept
+    assert tone_start - frame < span.start <= tone_start and tone_end <= span.stop < tone_end + frame + hop
+    assert probes.speech_span(audio, top_db=70.0) == slice(0, audio.size - (audio.size - frame) % hop)
+    assert probes.speech_span(np.zeros(SR)) == slice(0, 0)
+    assert probes.speech_span(tone[:100]) == slice(0, 100)  # shorter than one frame: all of it
+
+
 TTS_TOOLS = ["espeak-ng", "text2wave", "flite"]
 
 
@@ -277,9 +292,40 @@ def test_keyword_task_tiny(tmp_path):
     assert {r["engine"] for r in by_split["train"]} == {"espeak-ng"}
     assert {r["engine"] for r in by_split["valid"]} == {"festival"} and {r["engine"] for r in by_split["test"]} == {"flite"}
     assert {r["label"] for r in rows} == {"bye_bye", "come_on_then"}
+    frame, hop = round(probes.ENDPOINT_FRAME_SECONDS * SR), round(probes.ENDPOINT_HOP_SECONDS * SR)
     for row in rows:
-        info = soundfile.info(manifest.parent / row["path"])
-        assert info.samplerate == SR and 0.2 < info.duration < 3.0
+        audio, rate = soundfile.read(manifest.parent / row["path"])
+        assert rate == SR and 0.2 < audio.size / SR < 3.0
+        # every engine's clip starts and ends at speech (festival and flite render ~0.3 s of near-silence),
+        # so endpointing the written clip again keeps it whole (up to a hop of 16-bit rounding at the edges)
+        span = probes.speech_span(audio)
+        assert span.start <= hop and span.stop >= audio.size - frame - 2 * hop, row["path"]
+
+
+def test_probe_folder_recipe_versions(tmp_path):
+    assert probes.built_recipe_version(tmp_path) is None  # nothing built
+    (tmp_path / probes.MANIFEST).write_text("path,label\n")
+    assert probes.built_recipe_version(tmp_path) == 1  # built before versions were recorded
+    (tmp_path / probes.RECIPE).write_text('{"task": "keywords", "version": 2}')
+    assert probes.built_recipe_version(tmp_path) == 2
+    (tmp_path / probes.RECIPE).write_text("{")
+    with pytest.raises(ValueError, match="recipe.json: unreadable"):
+        probes.built_recipe_version(tmp_path)
+
+
+@pytest.mark.skipif(bool(render.missing_tools(TTS_TOOLS)), reason=f"needs {', '.join(TTS_TOOLS)}")
+def test_keyword_folder_from_an_older_recipe_is_rebuilt(tmp_path, capsys):
+    out = tmp_path / "C"
+    (out / "clips" / "train").mkdir(parents=True)
+    (out / "clips" / "train" / "stale.flac").write_bytes(b"old")
+    (out / probes.MANIFEST).write_text("path,label,split\nclips/train/stale.flac,hello,train\n")
+    argv = ["keywords", "--out", str(out), "--phrases", "1", "--renders", "1"]
+    assert probes._main(argv) == 0
+    assert "built by recipe version 1, now 2: rebuilding" in capsys.readouterr().out
+    assert not (out / "clips" / "train" / "stale.flac").exists()
+    assert {r["label"] for r in _rows(out / probes.MANIFEST)} == {"bye_bye"}
+    assert probes.built_recipe_version(out) == probes.RECIPE_VERSIONS["keywords"]
+    assert probes._main(argv) == 0 and "exists (use --force to rebuild)" in capsys.readouterr().out
 
 
 def _data_dir(tmp_path: Path) -> Path:
@@ -340,9 +386,13 @@ def test_benchmark_table_and_random_spec(tmp_path):
     assert spec.startswith("random:ssamba-tiny:") and "depth=2" in spec and "embed_dim=32" in spec
     probe_dir = tmp_path / "probe"
     probe_dir.mkdir()
+    task_c = tmp_path / "C_keywords"
+    task_c.mkdir()
+    (task_c / probes.MANIFEST).write_text("path,label,split\n")
+    (task_c / probes.RECIPE).write_text('{"task": "keywords", "version": 2}')
     for seed, (pre, rnd) in enumerate([(0.8, 0.4), (0.8, 0.5)]):
         for task in ("A", "C"):
-            report = {"encoders": [
+            report = {"manifest": [str(task_c / probes.MANIFEST)] if task == "C" else [], "encoders": [
                 {"encoder": str(export), "summary": {"valid": {"mean": 0.1}, "test": {"mean": pre}}},
                 {"encoder": spec, "summary": {"test": {"mean": rnd}}},
                 {"encoder": "logmel", "summary": {"test": {"mean": 0.6}}},
@@ -353,6 +403,7 @@ def test_benchmark_table_and_random_spec(tmp_path):
     assert table["tasks"]["C"]["random"]["mean"] == 45.0
     assert table["tasks"]["C"]["random"]["std"] == pytest.approx(7.07, abs=0.01)
     assert "B" not in table["tasks"] and table["budget_minutes"] == 1.0
+    assert table["tasks"]["C"]["recipe"] == 2 and "recipe" not in table["tasks"]["A"]  # the task folder's recipe
     text = benchmark.markdown(table)
     assert "| A: instrument family (11) | 80.0 ± 0.0 | 45.0 ± 7.1 | 60.0 ± 0.0 | 2 |" in text
 
@@ -416,6 +467,7 @@ def test_benchmark_script_end_to_end(tmp_path):
     for task in table["tasks"].values():
         assert set(task) >= {"pretrained", "random", "logmel"} and task["seeds"] == 2
         assert all(0.0 <= task[name]["mean"] <= 100.0 for name in ("pretrained", "random", "logmel"))
+    assert table["tasks"]["C"]["recipe"] == probes.RECIPE_VERSIONS["keywords"]
     assert table["steps"] > 0 and table["clips_seen"] >= table["steps"] and table["corpus_hours"] > 0
     assert (exp / "open_audio.md").read_text().startswith("| task |")
     assert (exp / "run" / "tb").is_dir()

@@ -83,6 +83,14 @@ def _seed_score(encoder_result: dict[str, Any]) -> float:
     return 100.0 * float(summary[HEADLINE_SPLIT]["mean"])
 
 
+def _task_recipe(report: dict[str, Any]) -> int | None:
+    """The recipe version of the task folder a probe report read (None when the report names no manifest)."""
+    from ssamba.openaudio.probes import built_recipe_version
+
+    manifests = report.get("manifest") or []
+    return built_recipe_version(Path(manifests[0]).parent) if manifests else None
+
+
 def summarise(probe_dir: Path, *, run: Path | None, corpus_report: Path | None,
               extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Collect ``probe_dir/<task>-seed<N>.json`` into the benchmark table."""
@@ -104,6 +112,9 @@ def summarise(probe_dir: Path, *, run: Path | None, corpus_report: Path | None,
             for name, v in values.items() if v
         }
         tasks[task]["seeds"] = len(files)
+        recipe = _task_recipe(report)
+        if recipe is not None:
+            tasks[task]["recipe"] = recipe
     table: dict[str, Any] = {"tasks": tasks}
     if corpus_report is not None and corpus_report.exists():
         report = json.loads(corpus_report.read_text())

@@ -11,18 +11,21 @@ A  instrument family, 11 classes: one note per 2 s slot (1 s on), sliced to 1.5 
 B  0 A.D. Foley, 10 classes, first 3 s of each file; ``fold`` 1-5 assigned by file stem
    (``mine_stone_01..25`` is one group), ``group`` the stem.
 C  keyword spotting, 28 phrases: train espeak-ng (random English accent, variant, speed, pitch),
-   valid festival (kal, ked, slt), test flite (kal, kal16, awb, rms, slt x 3 duration stretches).
+   valid festival (kal, ked, slt), test flite (kal, kal16, awb, rms, slt x 3 duration stretches);
+   every render is cut to its speech: from the first to the last 25 ms frame within 40 dB of its loudest.
 
 Everything is seeded (``--seed``); the same inputs give the same clips. A finished task (its
-manifest exists) is skipped unless ``--force``.
+manifest exists) is skipped unless ``--force``; one built by an older recipe (``recipe.json``) is rebuilt.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import random
 import re
+import shutil
 import sys
 import tempfile
 from collections import Counter, defaultdict
@@ -165,11 +168,27 @@ PHRASES = ("Bye bye", "Come on then", "Coward", "Cut it out", "Enemy down", "Fir
 ESPEAK_ENGLISH = ("en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
 ESPEAK_VARIANTS = ("", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7", "+f1", "+f2", "+f3", "+f4", "+f5")
 FLITE_STRETCHES = (0.85, 1.0, 1.2)
+ENDPOINT_FRAME_SECONDS, ENDPOINT_HOP_SECONDS = 0.025, 0.010
+ENDPOINT_TOP_DB = 40.0
 
 
 def phrase_label(phrase: str) -> str:
     """Class name of a phrase: lower case, words joined by underscores, apostrophes dropped."""
     return re.sub(r"[^a-z]+", "_", phrase.lower().replace("'", "")).strip("_")
+
+
+def speech_span(audio: np.ndarray, sample_rate: int = render.SAMPLE_RATE, top_db: float = ENDPOINT_TOP_DB) -> slice:
+    """Samples from the first to the last frame (25 ms, 10 ms hop) whose energy is within ``top_db`` of the
+    loudest frame's: the same endpointing for every TTS engine, whose renders differ in leading and trailing
+    near-silence (festival and flite keep about 0.3 s of it, espeak-ng almost none). Empty for digital silence."""
+    frame = round(ENDPOINT_FRAME_SECONDS * sample_rate)
+    hop = round(ENDPOINT_HOP_SECONDS * sample_rate)
+    if audio.size == 0 or float(np.abs(audio).max()) < SILENCE_PEAK:
+        return slice(0, 0)
+    padded = np.pad(np.asarray(audio, np.float64), (0, max(0, frame - audio.size)))
+    energy = np.mean(np.lib.stride_tricks.sliding_window_view(padded, frame)[::hop] ** 2, axis=1)
+    loud = np.flatnonzero(energy >= energy.max() * 10.0 ** (-top_db / 10.0))
+    return slice(int(loud[0]) * hop, min(audio.size, int(loud[-1]) * hop + frame))
 
 
 def prepare_keywords(out: Path, *, renders: int = 48, phrases: int | None = None, seed: int = 0) -> Path:
@@ -190,14 +209,14 @@ def prepare_keywords(out: Path, *, renders: int = 48, phrases: int | None = None
     with tempfile.TemporaryDirectory() as tmp:
         for split, phrase, engine, kwargs in tqdm(jobs, desc="keywords", leave=False):
             audio = render.tts(engine, phrase, Path(tmp) / "x.wav", **kwargs)
-            nonzero = np.flatnonzero(np.abs(audio) >= SILENCE_PEAK)
-            if nonzero.size == 0:
+            speech = audio[speech_span(audio)]
+            if speech.size == 0:
                 continue
             label = phrase_label(phrase)
             index = counts[(split, label)]
             counts[(split, label)] += 1
             name = f"clips/{split}/{label}_{engine}_{index:02d}.flac"
-            render.write_clip(out / name, render.quantize(audio[nonzero[0] : nonzero[-1] + 1]))
+            render.write_clip(out / name, render.quantize(speech))
             rows.append({"path": name, "label": label, "split": split, "engine": engine, "voice": kwargs["voice"]})
     return _write_manifest(out, rows, ("path", "label", "split", "engine", "voice"))
 
@@ -225,6 +244,22 @@ def _write_manifest(out: Path, rows: list[dict[str, object]], fields: tuple[str,
 
 TASK_FOLDERS = {"instrument": "A_instrument", "foley": "B_foley", "keywords": "C_keywords"}
 """Task -> its folder under finetune/open_audio_probes/ and DATA/probes/."""
+RECIPE_VERSIONS = {"instrument": 1, "foley": 1, "keywords": 2}
+"""Raised when a task's clips change; a folder built by an older recipe is rebuilt (keywords 2: endpointing)."""
+RECIPE = "recipe.json"
+
+
+def built_recipe_version(out: Path) -> int | None:
+    """The recipe version a finished task folder was built with (1 for folders from before versions were
+    recorded), or None when it has no manifest."""
+    if not (out / MANIFEST).exists():
+        return None
+    try:
+        return int(json.loads((out / RECIPE).read_text(encoding="utf-8"))["version"])
+    except FileNotFoundError:
+        return 1
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{out / RECIPE}: unreadable ({exc}); delete it or rebuild with --force") from exc
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -242,10 +277,18 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rebuild even if the manifest exists")
     args = parser.parse_args(argv)
     args.out = args.out or args.data / "probes" / TASK_FOLDERS[args.task]
-    if (args.out / MANIFEST).exists() and not args.force:
-        print(f"{args.out / MANIFEST} exists (use --force to rebuild)")
-        return 0
     try:
+        built = built_recipe_version(args.out)
+        if built == RECIPE_VERSIONS[args.task] and not args.force:
+            print(f"{args.out / MANIFEST} exists (use --force to rebuild)")
+            return 0
+        if built is not None and built != RECIPE_VERSIONS[args.task]:
+            print(f"{args.out}: built by recipe version {built}, now {RECIPE_VERSIONS[args.task]}: rebuilding")
+        (args.out / MANIFEST).unlink(missing_ok=True)  # the manifest, written last, marks a finished folder
+        shutil.rmtree(args.out / "clips", ignore_errors=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / RECIPE).write_text(json.dumps({"task": args.task, "version": RECIPE_VERSIONS[args.task]}) + "\n",
+                                       encoding="utf-8")
         if args.task == "instrument":
             prepare_instrument(args.data, args.out, notes=args.notes, programs_per_family=args.programs_per_family,
                                seed=args.seed)
