@@ -8,7 +8,8 @@
 #   --data DIR   data folder with debs/ and raw/ (default: data/open_audio, shared with the corpus)
 #   --out DIR    task folder (default: $DATA/probes/A_instrument); writes clips/ and manifest.csv
 #   other options go to `python -m ssamba.openaudio.probes instrument` (see its --help)
-# Deterministic: the same --seed gives the same clips. A finished task is skipped unless --force.
+# Deterministic: the same --seed gives the same clips. A finished task is skipped unless --force;
+# one built by an older recipe (recipe.json) is rebuilt.
 set -euo pipefail
 case "${1:-}" in -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac
 . "$(dirname "$0")/../../../shell/env.sh"
