@@ -26,17 +26,17 @@ import soundfile
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from ssamba.data.labelled import read_labelled
+from ssamba.data.labelled import LabelledSet, read_labelled
 from ssamba.train.probe import LOGMEL, MAX_ITER, EmbeddingCache, Readout, embed_set, load_embedder
 
 
-def engine_of_clips(manifest: Path) -> list[str]:
-    """The ``engine`` column of a task C manifest, in row order."""
+def engine_of_clips(manifest: Path, data: LabelledSet) -> list[str]:
+    """The ``engine`` column of a task C manifest for each clip of ``data`` (read from it)."""
     with open(manifest, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     if not rows or "engine" not in rows[0]:
         raise ValueError(f"{manifest}: expected an 'engine' column (a task C manifest)")
-    return [row["engine"] for row in rows]
+    return [rows[clip.row - 1]["engine"] for clip in data.clips]
 
 
 def transfer_accuracy(vectors: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray,
@@ -56,16 +56,14 @@ def main() -> None:
     args = parser.parse_args()
     try:
         data = read_labelled(args.manifest)
-        engines = np.array(engine_of_clips(args.manifest))
+        engines = np.array(engine_of_clips(args.manifest, data))
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     labels = np.array([clip.labels[0] for clip in data.clips])
     embedder = load_embedder(LOGMEL, Readout())
     vectors = embed_set(data, embedder, EmbeddingCache(None, embedder.space)).vectors
     kept = ~np.isnan(vectors).any(axis=1)
-    frame = embedder.features.frame_length_samples
-    shift = embedder.features.frame_shift_samples
-    frames = np.array([1 + max(0, soundfile.info(clip.path).frames - frame) // shift for clip in data.clips])
+    frames = np.array([embedder.features.num_frames(soundfile.info(clip.path).frames) for clip in data.clips])
     names = sorted(set(engines))
     for name in args.train or []:
         if name not in names:

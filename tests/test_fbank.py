@@ -130,6 +130,12 @@ def test_shorter_than_one_window_gives_zero_frames() -> None:
     assert fbank(torch.zeros(1600), 16000, min_duration=0.2).shape == (0, 23)
 
 
+def test_num_frames_counts_the_frames_raw_fbank_cuts() -> None:
+    config = FeatureConfig(num_mel_bins=32)
+    for samples in (0, 399, 400, 401, 559, 560, 6400, 16001):
+        assert config.num_frames(samples) == config.raw_fbank(torch.rand(samples) - 0.5).shape[0], samples
+
+
 def test_bad_inputs_raise_clear_errors() -> None:
     with pytest.raises(TypeError, match=r"float tensor scaled to \[-1, 1\], got torch.int16 \(divide int16 PCM by 32768"):
         fbank(torch.zeros(1000, dtype=torch.int16), 16000)

@@ -389,6 +389,11 @@ class FeatureConfig:
     def frame_length_samples(self) -> int:
         return int(self.sample_rate * self.frame_length_ms / MILLISECONDS_PER_SECOND)
 
+    def num_frames(self, num_samples: int) -> int:
+        """Frames Kaldi's snipped framing cuts from ``num_samples`` samples (0 below one frame)."""
+        size = self.frame_length_samples
+        return 0 if num_samples < size else 1 + (num_samples - size) // self.frame_shift_samples
+
     def raw_fbank(self, waveform: torch.Tensor) -> torch.Tensor:
         """Mean-removed waveform -> un-normalised, uncropped log-mel ``(frames, bins)`` (or batched)."""
         check_float_waveform(waveform)
@@ -406,7 +411,7 @@ class FeatureConfig:
         shift, size = self.frame_shift_samples, self.frame_length_samples
         if wave.shape[0] < size:
             return wave
-        num_frames = 1 + (wave.shape[0] - size) // shift
+        num_frames = self.num_frames(wave.shape[0])
         offset = _crop_offset(num_frames, self.target_length, self.crop, generator)
         needed = (min(num_frames, self.target_length) - 1) * shift + size
         return wave[offset * shift : offset * shift + needed]

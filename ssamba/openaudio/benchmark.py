@@ -112,7 +112,7 @@ def summarise(probe_dir: Path, *, run: Path | None, corpus_report: Path | None,
             for name, v in values.items() if v
         }
         tasks[task]["seeds"] = len(files)
-        recipe = _task_recipe(report)
+        recipe = _task_recipe(report)  # the last probe report read names the task's manifest
         if recipe is not None:
             tasks[task]["recipe"] = recipe
     table: dict[str, Any] = {"tasks": tasks}
