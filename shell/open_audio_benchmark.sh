@@ -23,7 +23,11 @@
 #   --steps-per-minute  sets train.max_steps = budget x rate: the length of the cpu config's cosine
 #                       schedule, and for the other sizes (plateau schedule) the cap that lets a rerun of a
 #                       finished run do nothing (default 40: an estimate from the demo's quiet-machine
-#                       throughput, not a measurement; measure yours on a short run and pass it)
+#                       throughput, not a measurement; measure yours on a short run and pass it).
+#                       Rates are for an otherwise idle machine: another CPU job beside pretraining (even
+#                       a 2-thread probe) cut the reference from ~100 to 13-16 steps/min on 2 cores (thread
+#                       oversubscription), and train.max_minutes = --budget then stops the run before the
+#                       schedule ends; run such jobs afterwards, or raise the cap with -- train.max_minutes=M
 #   --tts-hours H, --music-hours H
 #                       hours of the corpus's synthetic top-up: espeak-ng speech in 44 languages, random MIDI
 #                       rendered with FluidR3 / MuseScore General (default 0 0, real audio only: the reference;
