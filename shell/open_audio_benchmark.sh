@@ -22,8 +22,9 @@
 #                       --steps-per-minute 38 (ssamba-tiny-400 on one H100, batch 64, fp32)
 #   --steps-per-minute  sets train.max_steps = budget x rate: the length of the cpu config's cosine
 #                       schedule, and for the other sizes (plateau schedule) the cap that lets a rerun of a
-#                       finished run do nothing (default 40: an estimate from the demo's quiet-machine
-#                       throughput, not a measurement; measure yours on a short run and pass it).
+#                       finished run do nothing. Default 85 for --model-size cpu (the reference's 7,650
+#                       steps in 90 minutes; the reference's 2-core host ran 99 steps/min); 40 for the
+#                       other sizes (an estimate, not a measurement: measure yours on a short run).
 #                       Rates are for an otherwise idle machine: another CPU job beside pretraining (even
 #                       a 2-thread probe) cut the reference from ~100 to 13-16 steps/min on 2 cores (thread
 #                       oversubscription), and train.max_minutes = --budget then stops the run before the
@@ -54,7 +55,7 @@ seeds="0 1 2"
 layer=all
 pooling=mean
 tasks="A B C"
-steps_per_minute=40
+steps_per_minute=
 probe_device=cpu
 tiny_probes=0
 DATA="${DATA:-data/open_audio}"
@@ -86,8 +87,10 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "$model_size" in
-    cpu) config=configs/pretrain/open-audio-cpu.yaml ;;
-    tiny|small|base) config="configs/pretrain/ssamba-$model_size-400.yaml" ;;
+    cpu) config=configs/pretrain/open-audio-cpu.yaml
+        steps_per_minute="${steps_per_minute:-85}" ;;
+    tiny|small|base) config="configs/pretrain/ssamba-$model_size-400.yaml"
+        steps_per_minute="${steps_per_minute:-40}" ;;
     *) echo "--model-size must be cpu, tiny, small or base, got $model_size" >&2; exit 2 ;;
 esac
 case "$variant" in full|lean|tiny) ;; *) echo "--variant must be full, lean or tiny" >&2; exit 2 ;; esac

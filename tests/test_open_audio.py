@@ -259,6 +259,16 @@ def test_foley_task_clips_assets_that_overshoot_full_scale(tmp_path):
     assert pcm.max() == 32767 and pcm.min() == -32768
 
 
+def test_missing_tools_error_names_every_debian_package(monkeypatch):
+    # one message lists what to install, festival's voices included (text2wave alone cannot speak task C)
+    monkeypatch.setattr(render.shutil, "which", lambda tool: None if tool in ("fluidsynth", "text2wave") else "/bin/x")
+    with pytest.raises(render.ToolError) as caught:
+        render.require_tools(["dpkg", "fluidsynth", "text2wave"])
+    assert str(caught.value) == ("missing tools: fluidsynth, text2wave (apt-get install festival festlex-cmu "
+                                 "festlex-poslex festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts fluidsynth)")
+    render.require_tools(["dpkg"])
+
+
 def test_foley_group_names():
     assert probes.foley_group("audio/resource/mining/mine_stone_01.ogg") == "mine_stone"
     assert probes.foley_group("x/Arrow-12b.wav") == "arrow"
@@ -416,9 +426,13 @@ def test_training_wall_time_sums_the_sessions_of_a_resumed_run():
     assert benchmark.training_wall_time(first) == pytest.approx(60 + 10)
 
 
-def test_benchmark_gpu_sizes_pretrain_and_export(tmp_path):
-    # --model-size tiny|small|base (the GPU variant) trains the released config for the wall-clock budget,
-    # capped at budget x --steps-per-minute steps; here ssamba-tiny-400 cut to 2 layers of width 32 on CPU
+@pytest.mark.parametrize(("model_size", "rate", "budget", "steps"), [
+    ("tiny", ["--steps-per-minute", "0.6"], "5", 3),  # the GPU variant: the released config, the steps a cap
+    ("cpu", [], "0.4", 34),  # the CPU reference's default rate, 85 steps/min: the README's command reproduces it
+])
+def test_benchmark_pretrain_and_export(tmp_path, model_size, rate, budget, steps):
+    # stage 3 trains the size's config for the wall-clock budget, budget x --steps-per-minute steps; here
+    # cut to 2 layers of width 32 on CPU
     import yaml
 
     from ssamba.data.synthetic import write_demo_corpus
@@ -430,15 +444,15 @@ def test_benchmark_gpu_sizes_pretrain_and_export(tmp_path):
                         "-o", str(data / "tiny/shards" / split)], check=True, capture_output=True)
     exp = tmp_path / "exp"
     command = ["bash", str(REPO / "shell/open_audio_benchmark.sh"), "--stage", "3", "--stop-stage", "4",
-               "--variant", "tiny", "--model-size", "tiny", "--budget", "5", "--steps-per-minute", "0.6",
+               "--variant", "tiny", "--model-size", model_size, "--budget", budget, *rate,
                "--data", str(data), "--exp", str(exp), "--", "model.depth=2", "model.embed_dim=32",
                "data.batch_size=2", "data.num_workers=0", "train.eval_every=3", "train.save_every=3",
                "data.eval_max_batches=1"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     train = yaml.safe_load((exp / "run" / "config.yaml").read_text())["train"]
-    assert (train["max_steps"], train["epochs"], train["max_minutes"]) == (3, None, 5.0)
-    assert "finished at step 3" in done.stdout + done.stderr
+    assert (train["max_steps"], train["epochs"], train["max_minutes"]) == (steps, None, float(budget))
+    assert f"finished at step {steps}" in done.stdout + done.stderr
     assert (exp / "export").is_dir()
 
 

@@ -24,7 +24,10 @@ TOOL_PACKAGES = {
     "apt-get": "apt", "dpkg": "dpkg", "fluidsynth": "fluidsynth", "espeak-ng": "espeak-ng",
     "text2wave": "festival", "flite": "flite",
 }
-FESTIVAL_VOICE_PACKAGES = "festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts festlex-cmu festlex-poslex"
+# festival speaks task C's validation clips only with these voices and lexicons installed beside it
+FESTIVAL_VOICE_PACKAGES = (
+    "festvox-kallpc16k", "festvox-kdlpc16k", "festvox-us-slt-hts", "festlex-cmu", "festlex-poslex",
+)
 TOOL_TIMEOUT_S = 300
 TICKS_PER_BEAT = 480
 MICROSECONDS_PER_BEAT = 500_000  # 120 bpm: one beat = 0.5 s
@@ -43,8 +46,10 @@ def require_tools(tools: Sequence[str]) -> None:
     """Raise :class:`ToolError` naming the missing tools and the Debian packages to install."""
     missing = missing_tools(tools)
     if missing:
-        packages = " ".join(sorted({TOOL_PACKAGES.get(t, t) for t in missing}))
-        raise ToolError(f"missing tools: {', '.join(missing)} (apt-get install {packages})")
+        packages = {TOOL_PACKAGES.get(t, t) for t in missing}
+        if "text2wave" in missing:
+            packages.update(FESTIVAL_VOICE_PACKAGES)
+        raise ToolError(f"missing tools: {', '.join(missing)} (apt-get install {' '.join(sorted(packages))})")
 
 
 def run_tool(args: Sequence[str], *, stdin: str | None = None, timeout: float = TOOL_TIMEOUT_S) -> None:
