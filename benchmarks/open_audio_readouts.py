@@ -9,7 +9,8 @@ logistic regression, C chosen on the validation split or by inner folds) on each
 * ``clip-mean``: only the time columns whose centre lies inside the clip, not its padding;
 * ``clip-thirds``: the clip's columns cut into three equal parts, each mean-pooled, concatenated (keeps
   coarse time order, e.g. which phone comes first);
-* ``clip-freq``: per frequency row, the mean over the clip's columns, concatenated (keeps the spectral layout).
+* ``clip-freq``: per frequency row, the mean over the clip's columns, concatenated (keeps the spectral layout;
+  ``ssamba probe --pooling freq`` reads it out in float32).
 
 Both the pretrained encoder and the same architecture at random init (seed 0) are read out the same way;
 the log-mel baseline (``ssamba probe --encoder logmel``) is fitted beside them for reference.

@@ -3,7 +3,7 @@
 #
 # usage: ./shell/open_audio_benchmark.sh [--budget MINUTES] [--model-size cpu|tiny|small|base]
 #            [--variant full|lean|tiny] [--tts-hours H] [--music-hours H] [--seeds "0 1 2"]
-#            [--layer all|last|N] [--pooling mean|cls|both] [--tasks "A B C"] [--steps-per-minute R]
+#            [--layer all|last|N] [--pooling mean|cls|both|freq] [--tasks "A B C"] [--steps-per-minute R]
 #            [--probe-device cpu|cuda] [--tiny-probes]
 #            [--data DIR] [--exp DIR] [--stage N] [--stop-stage N] [-- key=value ...]
 #

@@ -11,6 +11,8 @@ DEFAULT_BATCH_SIZE = 16
 """Clips (or windows) per forward pass when embedding and probing."""
 DEFAULT_C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 """Inverse L2 strengths the linear probe chooses from."""
+PROBE_POOLINGS = ("mean", "cls", "both", "freq")
+"""Probe readouts of a block's tokens: patch mean, CLS, both, or per-frequency-row means over the clip's columns."""
 
 ONNX_FILE = "model.onnx"
 DEFAULT_OPSET = 17

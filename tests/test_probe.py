@@ -95,6 +95,16 @@ def test_probe_groups_folds_and_random_encoder(clips, tmp_path: Path) -> None:
     assert other_seed["encoders"][0]["embedded"] == 24
 
 
+def test_probe_frequency_row_readout_from_the_command_line(clips, tmp_path: Path) -> None:
+    root, rows = clips
+    manifest = _manifest(root, "freq.csv", rows, {"split": _splits(rows)})
+    report = _probe("--manifest", str(manifest), "--encoder", RANDOM_TINY, "--target-length", str(FRAMES),
+                    "--pooling", "freq", "--no-cache", "--output", str(tmp_path / "r.json"))
+    (result,) = report["encoders"]
+    assert result["dim"] == 2 * 32  # 2 frequency rows x width 32
+    assert result["summary"]["test"]["mean"] >= 2 / 3  # tones, noise and chirps differ in their spectra
+
+
 def test_group_leak_and_fold_errors(clips, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root, rows = clips
     splits = _splits(rows)
@@ -130,6 +140,21 @@ def test_fit_probe_multilabel_and_c_selection() -> None:
     assert set(inner) == {0.1, 1.0} and all(0 < v <= 1 for v in inner.values())
 
 
+def test_fit_probe_returns_the_model_that_won_the_selection() -> None:
+    # 200 noisy dimensions for 150 clips: weakly regularised fits depend on where the solver starts, so a refit
+    # from scratch at the chosen C can score differently on the validation clips than the fit that chose it
+    rng = np.random.default_rng(0)
+    classes = np.eye(5)
+    centres = rng.normal(size=(5, 200)) * 0.3
+    y_train, y_valid = rng.integers(0, 5, 150), rng.integers(0, 5, 100)
+    x_train = centres[y_train] + rng.normal(size=(150, 200))
+    x_valid = centres[y_valid] + rng.normal(size=(100, 200))
+    scaler, model, c, selection = fit_probe(x_train, classes[y_train], multilabel=False, valid=(x_valid, classes[y_valid]))
+    assert c > min(selection)  # the case where the start matters: a path of warm-started fits before the chosen C
+    accuracy = float((model.predict(scaler.transform(x_valid)) == y_valid).mean())
+    assert accuracy == selection[c]
+
+
 def test_hidden_states_end_with_the_default_output() -> None:
     torch.manual_seed(0)
     for preset, count in (("ssamba-tiny", 2), ("aum-tiny", 4)):
@@ -155,34 +180,63 @@ def test_multilabel_probe_reports_map(clips, tmp_path: Path) -> None:
     assert set(result["evaluations"][0]["test"]["per_class_ap"]) == {"noisy", "sweep", "tonal"}
 
 
-def test_window_readout_averages_windows_by_columns(encoder_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("pooling", ["mean", "freq"])
+def test_window_readout_averages_windows_by_columns(encoder_dir: Path, tmp_path: Path, pooling: str) -> None:
     import soundfile
 
     from ssamba.audio.fbank import normalize
     from ssamba.train.probe import EmbeddingCache, Readout, embed_set, load_embedder
 
-    windows = load_embedder(str(encoder_dir), Readout(clip="windows"), window_seconds=1.0)
-    padded = load_embedder(str(encoder_dir), Readout(clip="pad"), target_length=100)
+    windows = load_embedder(str(encoder_dir), Readout(clip="windows", pooling=pooling), window_seconds=1.0)
+    padded = load_embedder(str(encoder_dir), Readout(clip="pad", pooling=pooling), target_length=100)
     features = windows.features
     assert features.target_length == 100 and windows.windowed.columns_per_window == 6
     torch.manual_seed(0)
     short = torch.randn(16000) * 0.1
-    w_in, w_weights = windows.prepare(short)
-    p_in, _ = padded.prepare(short)
-    assert w_in.shape[0] == 1
-    torch.testing.assert_close(windows.embed_windows(w_in), padded.embed_windows(p_in), rtol=1e-5, atol=1e-6)
+    w_in, w_columns = windows.prepare(short)
+    p_in, p_columns = padded.prepare(short)
+    assert w_in.shape[0] == 1 and w_columns.tolist() == p_columns.tolist() == [6.0]
+    torch.testing.assert_close(windows.embed_windows(w_in, w_columns), padded.embed_windows(p_in, p_columns),
+                               rtol=1e-5, atol=1e-6)
     # 2.5 s: 248 frames, 16 column centres inside the clip -> windows at frames 0, 96, 192 holding 6, 6 and 4 columns
     long = torch.randn(40000) * 0.1
-    inputs, weights = windows.prepare(long)
-    assert weights.tolist() == [6.0, 6.0, 4.0]
+    inputs, columns = windows.prepare(long)
+    assert columns.tolist() == [6.0, 6.0, 4.0]
     raw = torch.nn.functional.pad(features.raw_fbank(long), (0, 0, 0, 292 - 248))
     by_hand = torch.stack([normalize(raw[96 * k : 96 * k + 100], features.mean, features.std) for k in range(3)])
     torch.testing.assert_close(inputs, by_hand)
-    expected = (windows.embed_windows(by_hand) * torch.tensor([6.0, 6.0, 4.0])[:, None]).sum(0) / 16
+    expected = (windows.embed_windows(by_hand, columns) * columns[:, None]).sum(0) / 16
     soundfile.write(tmp_path / "long.wav", long.numpy(), 16000, subtype="FLOAT")
     (tmp_path / "m.csv").write_text("path,label\nlong.wav,x\n")
     run = embed_set(read_labelled(tmp_path / "m.csv"), windows, EmbeddingCache(None, windows.space), batch_size=2, progress=False)
     torch.testing.assert_close(torch.from_numpy(run.vectors[0]), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_frequency_row_readout_averages_each_row_over_the_clip_columns() -> None:
+    from ssamba.train.probe import Readout, load_embedder
+
+    embedder = load_embedder(RANDOM_TINY, Readout(layer="all", pooling="freq"), target_length=FRAMES)
+    encoder = embedder.encoder
+    rows, cols = encoder.grid
+    assert (rows, cols) == (2, 6) and encoder.cls_index is not None
+    # 0.5 s: column t's centre lies at t x 2560 + 1400 samples, so columns 0-2 lie inside 8000 samples
+    wave = torch.randn(8000, generator=torch.Generator().manual_seed(0)) * 0.1
+    windows, columns = embedder.prepare(wave)
+    assert columns.tolist() == [3.0]
+    with torch.no_grad():
+        states = encoder.hidden_states(windows)
+    inside, everywhere = [], []
+    for state in states:
+        patches = torch.cat([state[:, : encoder.cls_index], state[:, encoder.cls_index + 1 :]], dim=1).double()
+        grid = patches.reshape(rows, cols, -1)  # frequency-major: token f x cols + t
+        inside.append(torch.stack([grid[f, :3].mean(0) for f in range(rows)]).flatten())
+        everywhere.append(torch.stack([grid[f].mean(0) for f in range(rows)]).flatten())
+    vector = embedder.embed_windows(windows, columns)
+    assert vector.shape == (1, len(states) * rows * 32)
+    torch.testing.assert_close(vector[0].double(), torch.cat(inside), rtol=1e-5, atol=1e-6)
+    without_counts = embedder.embed_windows(windows)  # every column averaged, padding included
+    torch.testing.assert_close(without_counts[0].double(), torch.cat(everywhere), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(vector, without_counts, atol=1e-3)
 
 
 def test_probe_reads_ssast_json_lists_per_split(clips, tmp_path: Path) -> None:

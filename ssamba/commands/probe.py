@@ -8,6 +8,7 @@ examples:
       --manifest test=te.json --class-table class_labels_indices.csv --task multilabel
   ssamba probe --encoder export/ --manifest long_clips.csv --clip windows --window-seconds 10
   ssamba probe --encoder "random:ssamba-tiny:depth=2,embed_dim=64" --manifest clips.csv --seed 1
+  ssamba probe --encoder exp/demo/export --encoder random:ssamba-tiny --manifest keywords.csv --layer all --pooling freq
 
 Evaluation follows the manifest (see ``ssamba.data.labelled`` for the format):
   * a ``split`` column: fit on train, choose the regularisation C on valid (by inner folds of train
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import argparse
 
-from ssamba.defaults import DEFAULT_BATCH_SIZE, DEFAULT_C_GRID, DEFAULT_WINDOW_SECONDS, default_cache_dir
+from ssamba.defaults import DEFAULT_BATCH_SIZE, DEFAULT_C_GRID, DEFAULT_WINDOW_SECONDS, PROBE_POOLINGS, default_cache_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="single-label (accuracy) or multilabel (mAP); default: from the labels")
     parser.add_argument("--folds", type=int, default=None, help="cross-validate over N folds (fold column, or drawn over groups)")
     parser.add_argument("--layer", default="last", help="'last' (default), 'all' (per-block means concatenated) or a block number")
-    parser.add_argument("--pooling", choices=("mean", "cls", "both"), default="mean", help="patch-token mean (default), CLS, or both")
+    parser.add_argument("--pooling", choices=PROBE_POOLINGS, default="mean",
+                        help="patch-token mean (default), CLS, both, or freq (per frequency row of patches, the mean over "
+                             "the clip's time columns, rows concatenated)")
     parser.add_argument("--clip", choices=("pad", "windows"), default="pad",
                         help="pad/crop each clip to --target-length (default), or average sliding windows")
     parser.add_argument("--target-length", type=int, default=None, help="--clip pad: input frames (default: the encoder's)")

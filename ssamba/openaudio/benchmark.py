@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from ssamba.defaults import PROBE_POOLINGS
+
 TASKS = {"A": "A_instrument", "B": "B_foley", "C": "C_keywords"}
 TASK_NAMES = {"A": "instrument family (11)", "B": "0 A.D. Foley (10)", "C": "TTS keywords (28)"}
 ENCODERS = ("pretrained", "random", "logmel")
@@ -188,7 +190,7 @@ def _main(argv: list[str] | None = None) -> int:
     probes.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     probes.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=sorted(TASKS))
     probes.add_argument("--layer", default="all", help="probe readout layer: last, all or a block number")
-    probes.add_argument("--pooling", default="mean", choices=("mean", "cls", "both"))
+    probes.add_argument("--pooling", default="mean", choices=PROBE_POOLINGS, help="probe readout pooling (ssamba probe's)")
     probes.add_argument("--cache", type=Path, default=None, help="embedding cache (default: ssamba probe's)")
     probes.add_argument("--device", default="cpu", help="torch device for embedding (cpu, cuda)")
     summary = sub.add_parser("summarise", help="collect the probe results into the table")

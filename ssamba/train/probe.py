@@ -44,7 +44,8 @@ class Readout:
     layer: str = "last"
     """'last', 'all' (per-block means concatenated) or a 1-based block (pair) number."""
     pooling: str = "mean"
-    """'mean' over patch tokens, 'cls', or 'both' (concatenated)."""
+    """'mean' over patch tokens, 'cls', 'both' (concatenated), or 'freq': per frequency row of patches, the mean
+    over the time columns inside the clip (not its padding), the rows concatenated (rows x dim numbers)."""
     clip: str = "pad"
     """'pad': pad/crop every clip to the input length; 'windows': average over sliding windows."""
 
@@ -60,7 +61,7 @@ class EncoderEmbedder:
         self.features = features
         self.readout = readout
         self.device = device
-        self.windowed = WindowedEncoder(self.encoder, features) if readout.clip == "windows" else None
+        self.windowed = WindowedEncoder(self.encoder, features)
         states = encoder.num_hidden_states
         if readout.layer not in ("last", "all"):
             if not readout.layer.isdigit() or not 1 <= int(readout.layer) <= states:
@@ -70,18 +71,22 @@ class EncoderEmbedder:
         self.space = {"encoder": digest, "features": features.to_dict(), "readout": dataclasses.asdict(readout)}
 
     def prepare(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised input windows (W, T, F) of a waveform and each window's weight in the clip average."""
+        """Normalised input windows (W, T, F) of a waveform and each window's time columns inside the clip,
+        which are also its weight in the clip average."""
         if wave.shape[0] < self.features.frame_length_samples:
             raise SkippedClip(f"too_short: {wave.shape[0]} samples, less than one analysis frame")
-        if self.windowed is None:
-            return self.features.features(wave)[None], torch.ones(1)
+        if self.readout.clip == "pad":
+            columns = min(self.windowed.columns_per_window, self.windowed.columns_in_clip(wave.shape[0]))
+            return self.features.features(wave)[None], torch.tensor([float(columns)])
         prepared = self.windowed.prepare(wave)
         count = prepared.windows.shape[0]
         weights = torch.full((count,), float(self.windowed.columns_per_window))
         weights[-1] = prepared.columns - (count - 1) * self.windowed.columns_per_window
         return prepared.windows, weights
 
-    def _pool(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _pool(self, tokens: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
+        if self.readout.pooling == "freq":
+            return self._frequency_rows(self.encoder.patch_tokens(tokens), columns)
         parts = []
         if self.readout.pooling in ("mean", "both"):
             parts.append(self.encoder.patch_tokens(tokens).mean(dim=1))
@@ -89,16 +94,28 @@ class EncoderEmbedder:
             parts.append(tokens[:, self.encoder.cls_index])
         return torch.cat(parts, dim=-1)
 
+    def _frequency_rows(self, patches: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
+        """(B, rows x cols, D) frequency-major patch tokens -> (B, rows x D): each row's mean over its first
+        ``columns`` time columns (all of them when None)."""
+        rows, cols = self.encoder.grid
+        grid = patches.reshape(patches.shape[0], rows, cols, -1)
+        if columns is None:
+            return grid.mean(dim=2).flatten(1)
+        inside = (torch.arange(cols, device=grid.device) < columns.to(grid.device)[:, None]).to(grid.dtype)
+        summed = (grid * inside[:, None, :, None]).sum(dim=2)
+        return (summed / inside.sum(dim=1)[:, None, None]).flatten(1)
+
     @torch.no_grad()
-    def embed_windows(self, windows: torch.Tensor) -> torch.Tensor:
-        """(W, T, F) normalised windows -> (W, dim) float32 on the CPU."""
+    def embed_windows(self, windows: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """(W, T, F) normalised windows -> (W, dim) float32 on the CPU; ``columns`` (W,): each window's time
+        columns inside the clip, which ``--pooling freq`` averages over (all columns when None)."""
         batch = windows.to(self.device)
         layer = self.readout.layer
         if layer == "last":
-            return self._pool(self.encoder(batch)).float().cpu()
+            return self._pool(self.encoder(batch), columns).float().cpu()
         states = self.encoder.hidden_states(batch)
         chosen = states if layer == "all" else [states[int(layer) - 1]]
-        return torch.cat([self._pool(state) for state in chosen], dim=-1).float().cpu()
+        return torch.cat([self._pool(state, columns) for state in chosen], dim=-1).float().cpu()
 
 
 class LogmelEmbedder:
@@ -118,8 +135,9 @@ class LogmelEmbedder:
             raise SkippedClip(f"too_short: {wave.shape[0]} samples, less than one analysis frame")
         return self.features.raw_fbank(wave)[None], torch.ones(1)
 
-    def embed_windows(self, windows: torch.Tensor) -> torch.Tensor:
-        """(W, frames, bins) raw log-mel -> (W, 3 x bins); a one-frame clip has no change (zeros)."""
+    def embed_windows(self, windows: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """(W, frames, bins) raw log-mel -> (W, 3 x bins); a one-frame clip has no change (zeros). The
+        statistics cover the whole clip, so ``columns`` is not used."""
         change = (windows[:, 1:] - windows[:, :-1]).abs()
         mean_change = change.mean(dim=1) if windows.shape[1] > 1 else torch.zeros_like(windows[:, 0])
         return torch.cat([windows.mean(dim=1), windows.std(dim=1, correction=0), mean_change], dim=-1).float()
@@ -269,10 +287,11 @@ def embed_set(data: LabelledSet, embedder: Embedder, cache: EmbeddingCache, batc
         if not pending:
             return
         if len({tuple(w.shape[1:]) for _, w, _ in pending}) == 1:
-            windows = torch.cat([w for _, w, _ in pending])
-            outputs = torch.cat([embedder.embed_windows(chunk) for chunk in windows.split(batch_size)])
+            windows = torch.cat([w for _, w, _ in pending]).split(batch_size)
+            columns = torch.cat([c for _, _, c in pending]).split(batch_size)
+            outputs = torch.cat([embedder.embed_windows(chunk, cols) for chunk, cols in zip(windows, columns)])
         else:  # inputs of different lengths (the log-mel baseline reads whole clips)
-            outputs = torch.cat([embedder.embed_windows(w) for _, w, _ in pending])
+            outputs = torch.cat([embedder.embed_windows(w, c) for _, w, c in pending])
         start = 0
         for index, clip_windows, weights in pending:
             count = clip_windows.shape[0]
@@ -446,7 +465,9 @@ def fit_probe(
     """Choose C on ``valid`` (or by inner group folds of the training set), refit on the training set.
 
     Returns (scaler, model, chosen C, {C: selection score}); the score is accuracy (single-label) or mAP.
-    Ties go to the smaller C (stronger regularisation).
+    Ties go to the smaller C (stronger regularisation). The refit walks the same C path up to the chosen C
+    as the selection did (single-label fits warm-start along it, and a weakly regularised fit depends on
+    where it starts), so with a ``valid`` split the returned model is the one that scored ``selection[C]``.
     """
     from sklearn.model_selection import GroupKFold
 
@@ -465,7 +486,7 @@ def fit_probe(
             results[c].append(_headline(_scores(model, scaler.transform(x_held), y.shape[1], multilabel), y_held, multilabel))
     selection = {c: float(np.mean(v)) if v else float("nan") for c, v in results.items()}
     best = max(c_grid, key=lambda c: (-math.inf if math.isnan(selection[c]) else selection[c], -c))
-    _, scaler, model = next(iter(_fit_path(x, y, multilabel, [best], seed)))
+    *_, (_, scaler, model) = _fit_path(x, y, multilabel, [c for c in c_grid if c <= best], seed)
     return scaler, model, best, selection
 
 
