@@ -256,6 +256,7 @@ def test_resume_auto_takes_the_newest_readable_checkpoint_and_keeps_history(shar
     assert f"--resume auto: skipped {newest} (not a checkpoint, or a truncated or corrupt one" in out
     assert f"renamed the unreadable step-00000004.pt to step-00000004.pt.unreadable" in out
     assert f"resumed from {ckpt / 'step-00000002.pt'} at step 2" in out
+    assert "pretraining ssamba-tiny with depth=2, embed_dim=32 (" in out  # the banner names the overrides
     assert [r["step"] for r in train_records(run_dir)] == [1, 2, 3, 4]  # steps 1-2 kept, 3-4 redone
     assert sorted(p.name for p in ckpt.iterdir()) == ["last.pt", "step-00000002.pt", "step-00000004.pt", "step-00000004.pt.unreadable"]
     assert load_checkpoint(ckpt / "last.pt")["step"] == 4

@@ -457,8 +457,10 @@ def pretrain(cfg: PretrainConfig, resume: str = "never", progress: bool = True, 
                 logger.message(note)
             if resume_path is not None:
                 logger.message(f"resumed from {resume_path} at step {state.step} (data position {train_loader.state_dict()})")
+            overrides = ", ".join(f"{key}={value}" for key, value in sorted(cfg.model.overrides.items()))
             logger.message(
-                f"pretraining {cfg.model.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) "
+                f"pretraining {cfg.model.preset}{f' with {overrides}' if overrides else ''} "
+                f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) "
                 f"on {info.world_size} x {info.device.type}, engine {engine.name}, "
                 f"global batch {cfg.data.batch_size * info.world_size * cfg.optim.accumulate}, run dir {run_dir}"
             )
