@@ -80,9 +80,9 @@ class EncoderEmbedder:
             return self.features.features(wave)[None], torch.tensor([float(columns)])
         prepared = self.windowed.prepare(wave)
         count = prepared.windows.shape[0]
-        weights = torch.full((count,), float(self.windowed.columns_per_window))
-        weights[-1] = prepared.columns - (count - 1) * self.windowed.columns_per_window
-        return prepared.windows, weights
+        columns = torch.full((count,), float(self.windowed.columns_per_window))
+        columns[-1] = prepared.columns - (count - 1) * self.windowed.columns_per_window
+        return prepared.windows, columns
 
     def _pool(self, tokens: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
         if self.readout.pooling == "freq":
@@ -100,7 +100,7 @@ class EncoderEmbedder:
         rows, cols = self.encoder.grid
         grid = patches.reshape(patches.shape[0], rows, cols, -1)
         if columns is None:
-            return grid.mean(dim=2).flatten(1)
+            columns = torch.full((grid.shape[0],), cols)
         inside = (torch.arange(cols, device=grid.device) < columns.to(grid.device)[:, None]).to(grid.dtype)
         summed = (grid * inside[:, None, :, None]).sum(dim=2)
         return (summed / inside.sum(dim=1)[:, None, None]).flatten(1)
