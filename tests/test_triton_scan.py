@@ -455,7 +455,8 @@ def test_gpu_check_cpu_smoke(tmp_path: Path) -> None:
 
 def test_kernels_compile_for_a_gpu_without_one() -> None:
     """Every kernel goes through Triton's full compiler to a cubin for sm_90 (H100) here, which the
-    interpreter does not exercise (e.g. non-constexpr globals, scan lowering, dtype rules)."""
+    interpreter does not exercise (e.g. non-constexpr globals, scan lowering, dtype rules), with the launches'
+    compiler options, none left to a default that changes between Triton versions."""
     import inspect
 
     import triton.language as tl
@@ -478,10 +479,15 @@ def test_kernels_compile_for_a_gpu_without_one() -> None:
         names = inspect.signature(kernel.fn).parameters
         signature = {n: "constexpr" if n in constexprs else ("*bf16" if n.endswith("_ptr") else "i32") for n in names}
         try:
-            compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
-                                      target=GPUTarget("cuda", 90, 32), options={"num_warps": triton_scan.BACKWARD_WARPS})
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+                                          target=GPUTarget("cuda", 90, 32),
+                                          options={"num_warps": triton_scan.BACKWARD_WARPS, **triton_scan.COMPILE_OPTIONS})
         except (RuntimeError, FileNotFoundError) as err:
             if "ptxas" in str(err).lower() or isinstance(err, FileNotFoundError):
                 pytest.skip(f"no ptxas in this triton install: {err}")
             raise
         assert "cubin" in compiled.asm, kernel.fn.__name__
+        defaulted = [str(w.message) for w in caught if "FP_FUSION" in str(w.message)]
+        assert not defaulted, f"{kernel.fn.__name__} left a compiler option to Triton's version-dependent default: {defaulted}"

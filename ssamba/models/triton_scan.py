@@ -46,6 +46,9 @@ BLOCK_D = 16
 INTERPRET_ENV = "TRITON_INTERPRET"
 FORWARD_WARPS = 4
 BACKWARD_WARPS = 8
+COMPILE_OPTIONS = {"enable_fp_fusion": True}
+"""Compiler options of every launch: fused multiply-add, Triton's default up to 3.9 and off by default
+from 3.10, pinned so that every Triton version builds the kernels that were measured on the H100."""
 
 _KERNELS_MODULE = "ssamba.models.triton_kernels"
 
@@ -154,11 +157,12 @@ class _TritonSelectiveScan(torch.autograd.Function):
             u, delta, A_c, B, placeholder if bias_c is None else bias_c, starts, dtsum,
             *_channel_strides(u, channels_last), *_channel_strides(delta, channels_last), *_channel_strides(B, channels_last),
             length, dim, n_state, n_chunks,
-            HAS_BIAS=bias_c is not None, CHUNK=chunk, num_warps=FORWARD_WARPS, **flags,
+            HAS_BIAS=bias_c is not None, CHUNK=chunk, num_warps=FORWARD_WARPS, **COMPILE_OPTIONS, **flags,
         )
         kernels._chunk_boundary_kernel[grid[:2]](
             A_c, starts, dtsum, dim, n_state, n_chunks,
-            BACKWARD=False, DTYPE=flags["DTYPE"], BLOCK_D=block_d, BLOCK_N=block_n, num_warps=FORWARD_WARPS,
+            BACKWARD=False, DTYPE=flags["DTYPE"], BLOCK_D=block_d, BLOCK_N=block_n,
+            num_warps=FORWARD_WARPS, **COMPILE_OPTIONS,
         )
         out = torch.empty(u.shape, device=u.device, dtype=u.dtype)
         z_arg = u if z is None else z
@@ -168,7 +172,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
             *_channel_strides(out, channels_last), *_channel_strides(B, channels_last), *_channel_strides(C, channels_last),
             length, dim, n_state, n_chunks,
             HAS_D=D_c is not None, HAS_Z=z is not None, HAS_BIAS=bias_c is not None, CHUNK=chunk,
-            num_warps=FORWARD_WARPS, **flags,
+            num_warps=FORWARD_WARPS, **COMPILE_OPTIONS, **flags,
         )
         ctx.save_for_backward(u, delta, A_c, B, C, D_c, z, bias_c, starts)
         ctx.config = (softplus, reverse, channels_last, chunk, block_d, dtype)
@@ -197,11 +201,13 @@ class _TritonSelectiveScan(torch.autograd.Function):
             *_channel_strides(delta, channels_last), *_channel_strides(z_arg, channels_last),
             *_channel_strides(dout, channels_last), *_channel_strides(C, channels_last),
             length, dim, n_state, n_chunks,
-            HAS_Z=z is not None, HAS_BIAS=bias_c is not None, CHUNK=chunk, num_warps=FORWARD_WARPS, **flags,
+            HAS_Z=z is not None, HAS_BIAS=bias_c is not None, CHUNK=chunk,
+            num_warps=FORWARD_WARPS, **COMPILE_OPTIONS, **flags,
         )
         kernels._chunk_boundary_kernel[grid[:2]](
             A_c, carries, dtsum, dim, n_state, n_chunks,
-            BACKWARD=True, DTYPE=flags["DTYPE"], BLOCK_D=block_d, BLOCK_N=block_n, num_warps=FORWARD_WARPS,
+            BACKWARD=True, DTYPE=flags["DTYPE"], BLOCK_D=block_d, BLOCK_N=block_n,
+            num_warps=FORWARD_WARPS, **COMPILE_OPTIONS,
         )
         du = torch.empty(u.shape, device=u.device, dtype=u.dtype)
         ddelta = torch.empty(delta.shape, device=u.device, dtype=delta.dtype)
@@ -222,7 +228,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
             *_channel_strides(dB, channels_last), *_channel_strides(dC, channels_last),
             length, dim, n_state, n_chunks,
             HAS_D=D_c is not None, HAS_Z=z is not None, HAS_BIAS=bias_c is not None, CHUNK=chunk,
-            num_warps=BACKWARD_WARPS, **flags,
+            num_warps=BACKWARD_WARPS, **COMPILE_OPTIONS, **flags,
         )
         a_dtype, d_dtype, bias_dtype = ctx.input_dtypes
         return (
