@@ -3,7 +3,7 @@
 #
 # usage: ./shell/open_audio_benchmark.sh [--budget MINUTES] [--model-size cpu|tiny|small|base]
 #            [--variant full|lean|tiny] [--tts-hours H] [--music-hours H] [--seeds "0 1 2"]
-#            [--layer all|last|N] [--pooling mean|cls|both|freq] [--tasks "A B C"] [--steps-per-minute R]
+#            [--layer "all last"|all|last|N] [--pooling mean|cls|both|freq] [--tasks "A B C"] [--steps-per-minute R]
 #            [--probe-device cpu|cuda] [--tiny-probes]
 #            [--data DIR] [--exp DIR] [--stage N] [--stop-stage N] [-- key=value ...]
 #
@@ -34,6 +34,9 @@
 #                       rendered with FluidR3 / MuseScore General (default 0 0, real audio only: the reference;
 #                       6 5 lowered task A, see benchmarks/RESULTS.md). Other hours than a corpus was built
 #                       with are refused: give them their own --data folder.
+#   --layer L           the probe readout (default all: the block pairs' mean-pooled outputs concatenated);
+#                       several, quoted (--layer "all last"): each fit keeps the one that scores best on the
+#                       validation split or inner folds, as it chooses C (benchmarks/RESULTS.md compares them)
 #   --tiny-probes       a few clips per task (tests; the numbers mean nothing)
 #   -- key=value ...    extra `ssamba pretrain` overrides (e.g. data.batch_size=32)
 #
@@ -154,12 +157,12 @@ if run_stage 5; then
     rm -rf "$EXP/probe"
     # shellcheck disable=SC2086
     python -m ssamba.openaudio.benchmark probes --export "$EXP/export" --probes "$probes" --out "$EXP/probe" \
-        --seeds $seeds --tasks $tasks --layer "$layer" --pooling "$pooling" --device "$probe_device"
+        --seeds $seeds --tasks $tasks --layer $layer --pooling "$pooling" --device "$probe_device"
 fi
 
 if run_stage 6; then
     echo "== stage 6: table"
-    extra_json=$(python -c 'import json, sys; print(json.dumps({"config": sys.argv[1], "budget_minutes": float(sys.argv[2]), "readout": {"layer": sys.argv[3], "pooling": sys.argv[4]}, "variant": sys.argv[5], "benchmark_wall_time_s": int(sys.argv[6])}))' \
+    extra_json=$(python -c 'import json, sys; print(json.dumps({"config": sys.argv[1], "budget_minutes": float(sys.argv[2]), "readout": {"layers": sys.argv[3].split(), "pooling": sys.argv[4]}, "variant": sys.argv[5], "benchmark_wall_time_s": int(sys.argv[6])}))' \
         "$config" "$budget" "$layer" "$pooling" "$variant" "$(( $(date +%s) - started ))")
     python -m ssamba.openaudio.benchmark summarise --probe-dir "$EXP/probe" --run "$EXP/run" \
         --corpus-report "$corpus/report.json" --json "$EXP/open_audio.json" --markdown "$EXP/open_audio.md" \

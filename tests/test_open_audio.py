@@ -471,7 +471,7 @@ def test_benchmark_script_end_to_end(tmp_path):
     exp = tmp_path / "exp"
     command = ["bash", str(REPO / "shell/open_audio_benchmark.sh"), "--variant", "tiny", "--tiny-probes",
                "--budget", "0.25", "--seeds", "0 1", "--tts-hours", "0.01", "--music-hours", "0.01",
-               "--data", str(data), "--exp", str(exp), "--",
+               "--layer", "all last", "--data", str(data), "--exp", str(exp), "--",
                "data.eval_batch_size=2", "data.eval_max_batches=1", "train.eval_every=5", "train.save_every=5"]
     done = subprocess.run(command, cwd=REPO, env={**os.environ, "WORKERS": "1"}, capture_output=True, text=True,
                           timeout=1800, check=False)
@@ -485,6 +485,9 @@ def test_benchmark_script_end_to_end(tmp_path):
     assert table["steps"] > 0 and table["clips_seen"] >= table["steps"] and table["corpus_hours"] > 0
     assert (exp / "open_audio.md").read_text().startswith("| task |")
     assert (exp / "run" / "tb").is_dir()
+    assert table["readout"] == {"layers": ["all", "last"], "pooling": "mean"}
+    pretrained = json.loads((exp / "probe" / "A-seed0.json").read_text())["encoders"][0]
+    assert set(pretrained["readouts"]) == {"all", "last"} and pretrained["evaluations"][0]["readout"] in ("all", "last")
     origins = {row["origin"] for row in csv.DictReader((data / "tiny" / "train-speech.csv").open())}
     origins |= {row["origin"] for row in csv.DictReader((data / "tiny" / "train-music.csv").open())}
     assert {sources.TTS_ESPEAK, sources.BANK_FLUIDR3} <= origins  # the top-up reached the corpus

@@ -14,7 +14,7 @@ from conftest import TINY_MEL_BINS, tiny_export, write_labelled_clips
 from ssamba.cli import main as cli
 from ssamba.data.labelled import read_labelled
 from ssamba.models.encoder import AudioMambaEncoder, preset_config
-from ssamba.train.probe import LogmelEmbedder, fit_probe, make_plan
+from ssamba.train.probe import LogmelEmbedder, fit_probe, make_plan, run_probe
 
 FRAMES = 96  # 0.96 s of a 1 s clip: 6 time x 2 frequency patches for the 32-bin tiny encoder
 RANDOM_TINY = f"random:ssamba-tiny:depth=2,embed_dim=32,num_mel_bins={TINY_MEL_BINS}"
@@ -57,18 +57,23 @@ def test_probe_with_splits_separates_classes_and_caches(clips, encoder_dir: Path
             "--target-length", str(FRAMES), "--cache", str(tmp_path / "cache"), "--output", str(tmp_path / "r.json")]
     first = _probe(*args)
     assert first["classes"] == ["chirp", "noise", "tone"] and first["task"] == "single"
-    for result in first["encoders"]:
-        assert result["embedded"] == 24 and result["cached"] == 0 and not result["skipped"]
+    for result, readout in zip(first["encoders"], ("last", "logmel")):
+        (name,) = result["readouts"]
+        counts = result["readouts"][name]
+        assert name == readout and counts["embedded"] == 24 and counts["cached"] == 0
+        assert not result["skipped"] and "readout" not in result["evaluations"][0]
         (evaluation,) = result["evaluations"]
         assert evaluation["train_clips"] == 12 and evaluation["test"]["clips"] == 6 and evaluation["valid"]["clips"] == 6
         assert evaluation["C"] in [float(c) for c in evaluation["selection"]]
-        assert result["clips_per_second"] > 0
+        assert counts["clips_per_second"] > 0
     logmel = first["encoders"][1]
-    assert logmel["dim"] == 192 and logmel["summary"]["test"]["mean"] == 1.0  # tones/noise/chirps: trivially separable
-    assert first["encoders"][0]["dim"] == 32 and first["encoders"][0]["summary"]["test"]["mean"] >= 2 / 3
+    assert logmel["readouts"]["logmel"]["dim"] == 192 and logmel["summary"]["test"]["mean"] == 1.0  # trivially separable
+    encoder = first["encoders"][0]
+    assert encoder["readouts"]["last"]["dim"] == 32 and encoder["summary"]["test"]["mean"] >= 2 / 3
     second = _probe(*args)
     for before, after in zip(first["encoders"], second["encoders"]):
-        assert after["embedded"] == 0 and after["cached"] == 24
+        (counts,) = after["readouts"].values()
+        assert counts["embedded"] == 0 and counts["cached"] == 24
         assert after["summary"] == before["summary"]
 
 
@@ -88,11 +93,12 @@ def test_probe_groups_folds_and_random_encoder(clips, tmp_path: Path) -> None:
             "--layer", "all", "--pooling", "both", "--cache", str(tmp_path / "cache"), "--output", str(tmp_path / "r.json")]
     first = _probe(*args)
     (result,) = first["encoders"]
-    assert result["dim"] == 32 * 2 * 1  # depth 2 with layer pairing: one pair; mean + CLS
-    assert len(result["summary"]["test"]["values"]) == 2 and result["embedded"] == 24
-    assert _probe(*args)["encoders"][0]["cached"] == 24  # seeded random init: same weights, same cache entries
+    assert result["readouts"]["all"]["dim"] == 32 * 2 * 1  # depth 2 with layer pairing: one pair; mean + CLS
+    assert len(result["summary"]["test"]["values"]) == 2 and result["readouts"]["all"]["embedded"] == 24
+    # seeded random init: same weights, same cache entries
+    assert _probe(*args)["encoders"][0]["readouts"]["all"]["cached"] == 24
     other_seed = _probe(*args[:-2], "--seed", "1", "--output", str(tmp_path / "r1.json"))
-    assert other_seed["encoders"][0]["embedded"] == 24
+    assert other_seed["encoders"][0]["readouts"]["all"]["embedded"] == 24
 
 
 def test_probe_frequency_row_readout_from_the_command_line(clips, tmp_path: Path) -> None:
@@ -101,8 +107,45 @@ def test_probe_frequency_row_readout_from_the_command_line(clips, tmp_path: Path
     report = _probe("--manifest", str(manifest), "--encoder", RANDOM_TINY, "--target-length", str(FRAMES),
                     "--pooling", "freq", "--no-cache", "--output", str(tmp_path / "r.json"))
     (result,) = report["encoders"]
-    assert result["dim"] == 2 * 32  # 2 frequency rows x width 32
+    assert result["readouts"]["last"]["dim"] == 2 * 32  # 2 frequency rows x width 32
     assert result["summary"]["test"]["mean"] >= 2 / 3  # tones, noise and chirps differ in their spectra
+
+
+def test_several_readouts_keep_the_one_that_wins_on_validation(clips) -> None:
+    root, rows = clips
+    data = read_labelled(_manifest(root, "readouts.csv", rows, {"split": _splits(rows)}))
+    plan = make_plan(data)
+    rng = np.random.default_rng(0)
+    signal = (data.targets() * 3 + rng.normal(size=(len(data), 3))).astype(np.float32)  # the class, plus noise
+    noise = rng.normal(size=(len(data), 3)).astype(np.float32)
+    alone = run_probe(data, signal, plan, multilabel=False)
+    chosen = run_probe(data, {"noise": noise, "signal": signal}, plan, multilabel=False)
+    (evaluation,) = chosen["evaluations"]
+    scores = evaluation["readout_selection"]
+    assert evaluation["readout"] == "signal" and scores["signal"] > scores["noise"]
+    assert chosen["summary"] == alone["summary"] and evaluation["C"] == alone["evaluations"][0]["C"]
+    for order in (("a", "b"), ("b", "a")):  # a tie goes to the first readout listed
+        tied = run_probe(data, {order[0]: signal, order[1]: signal.copy()}, plan, multilabel=False)
+        assert tied["evaluations"][0]["readout"] == order[0]
+
+
+def test_probe_chooses_the_layer_from_the_command_line(clips, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root, rows = clips
+    manifest = _manifest(root, "layers.csv", rows, {"split": _splits(rows)})
+    four_blocks = f"random:ssamba-tiny:depth=4,embed_dim=32,num_mel_bins={TINY_MEL_BINS}"  # two block pairs
+    args = ["--manifest", str(manifest), "--encoder", four_blocks, "--encoder", "logmel",
+            "--target-length", str(FRAMES), "--no-cache", "--output", str(tmp_path / "r.json")]
+    report = _probe(*args, "--layer", "last", "all")
+    assert report["readout"]["layers"] == ["last", "all"]
+    encoder, logmel = report["encoders"]
+    assert {name: r["dim"] for name, r in encoder["readouts"].items()} == {"last": 32, "all": 64}
+    (evaluation,) = encoder["evaluations"]
+    scores = evaluation["readout_selection"]
+    assert set(scores) == {"last", "all"} and scores[evaluation["readout"]] == max(scores.values())
+    assert scores[evaluation["readout"]] == evaluation["selection"][str(evaluation["C"])]
+    assert list(logmel["readouts"]) == ["logmel"] and "readout" not in logmel["evaluations"][0]
+    assert cli(["probe", *args, "--layer", "last", "last"]) == 2
+    assert "--layer lists a readout twice: last last" in capsys.readouterr().err
 
 
 def test_group_leak_and_fold_errors(clips, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

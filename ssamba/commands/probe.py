@@ -9,6 +9,7 @@ examples:
   ssamba probe --encoder export/ --manifest long_clips.csv --clip windows --window-seconds 10
   ssamba probe --encoder "random:ssamba-tiny:depth=2,embed_dim=64" --manifest clips.csv --seed 1
   ssamba probe --encoder exp/demo/export --encoder random:ssamba-tiny --manifest keywords.csv --layer all --pooling freq
+  ssamba probe --encoder exp/demo/export --encoder random:ssamba-tiny --manifest foley.csv --layer all last
 
 Evaluation follows the manifest (see ``ssamba.data.labelled`` for the format):
   * a ``split`` column: fit on train, choose the regularisation C on valid (by inner folds of train
@@ -17,6 +18,8 @@ Evaluation follows the manifest (see ``ssamba.data.labelled`` for the format):
   * otherwise ``--folds N``: N folds drawn over ``group`` (each clip its own group without one),
     stratified by class for single-label sets.
 A group never appears on both sides: a manifest where it would is an error naming the group.
+With several ``--layer`` readouts, each fit (each fold) also chooses the readout the way it chooses C:
+the one whose best C scores highest on the valid split or the inner folds (ties: the first listed).
 
 Each clip is embedded once per encoder and readout (``--layer``, ``--pooling``, ``--clip``) and cached
 under ``--cache`` (keyed by encoder weights digest, feature config, readout, file path/size/mtime and
@@ -44,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=("single", "multilabel"), default=None,
                         help="single-label (accuracy) or multilabel (mAP); default: from the labels")
     parser.add_argument("--folds", type=int, default=None, help="cross-validate over N folds (fold column, or drawn over groups)")
-    parser.add_argument("--layer", default="last", help="'last' (default), 'all' (per-block means concatenated) or a block number")
+    parser.add_argument("--layer", nargs="+", default=["last"],
+                        help="'last' (default), 'all' (per-block means concatenated) or a block number; several: "
+                             "each fit keeps the one whose best C scores highest on the valid split or inner folds")
     parser.add_argument("--pooling", choices=PROBE_POOLINGS, default="mean",
                         help="patch-token mean (default), CLS, both, or freq (per frequency row of patches, the mean over "
                              "the clip's time columns, rows concatenated)")

@@ -53,7 +53,7 @@ def random_spec(export: Path) -> str:
     return f"random:{preset}" + (f":{overrides}" if overrides else "")
 
 
-def run_probes(export: Path, probes: Path, out: Path, seeds: list[int], *, layer: str, pooling: str,
+def run_probes(export: Path, probes: Path, out: Path, seeds: list[int], *, layers: list[str], pooling: str,
                cache: Path | None, tasks: list[str], device: str = "cpu") -> None:
     """One ``ssamba probe`` per task and seed, results in ``out/<task>-seed<N>.json``."""
     from ssamba.cli import main as cli_main
@@ -69,7 +69,7 @@ def run_probes(export: Path, probes: Path, out: Path, seeds: list[int], *, layer
             if target.exists():
                 continue
             argv = ["probe", "--encoder", str(export), "--encoder", spec, "--encoder", "logmel",
-                    "--manifest", str(manifest), "--seed", str(seed), "--layer", layer, "--pooling", pooling,
+                    "--manifest", str(manifest), "--seed", str(seed), "--layer", *layers, "--pooling", pooling,
                     "--output", str(target), "--device", device, "--quiet"]
             argv += ["--cache", str(cache)] if cache else []
             print(f"task {task}, seed {seed}: ssamba {' '.join(argv)}", flush=True)
@@ -189,7 +189,9 @@ def _main(argv: list[str] | None = None) -> int:
     probes.add_argument("--out", type=Path, required=True)
     probes.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     probes.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=sorted(TASKS))
-    probes.add_argument("--layer", default="all", help="probe readout layer: last, all or a block number")
+    probes.add_argument("--layer", nargs="+", default=["all"],
+                        help="probe readout layer(s): last, all or a block number; several: chosen per fit on "
+                             "validation")
     probes.add_argument("--pooling", default="mean", choices=PROBE_POOLINGS, help="probe readout pooling (ssamba probe's)")
     probes.add_argument("--cache", type=Path, default=None, help="embedding cache (default: ssamba probe's)")
     probes.add_argument("--device", default="cpu", help="torch device for embedding (cpu, cuda)")
@@ -203,7 +205,7 @@ def _main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.step == "probes":
-            run_probes(args.export, args.probes, args.out, args.seeds, layer=args.layer, pooling=args.pooling,
+            run_probes(args.export, args.probes, args.out, args.seeds, layers=args.layer, pooling=args.pooling,
                        cache=args.cache, tasks=args.tasks, device=args.device)
             return 0
         table = summarise(args.probe_dir, run=args.run, corpus_report=args.corpus_report, extra=json.loads(args.extra))

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -458,6 +458,12 @@ def _headline(scores: np.ndarray, targets: np.ndarray, multilabel: bool) -> floa
     return float(average_precision_score(truth[:, present], scores[:, present], average="macro")) if present.any() else float("nan")
 
 
+def _selection_score(selection: dict[float, float], c: float) -> float:
+    """The selection score of C, NaN (no positives to score) ranked below every number."""
+    score = selection[c]
+    return -math.inf if math.isnan(score) else score
+
+
 def fit_probe(
     x: np.ndarray, y: np.ndarray, *, multilabel: bool, valid: tuple[np.ndarray, np.ndarray] | None = None,
     groups: Sequence[str] | None = None, c_grid: Sequence[float] = DEFAULT_C_GRID, seed: int = 0,
@@ -485,19 +491,26 @@ def fit_probe(
         for c, scaler, model in _fit_path(x_fit, y_fit, multilabel, c_grid, seed):
             results[c].append(_headline(_scores(model, scaler.transform(x_held), y.shape[1], multilabel), y_held, multilabel))
     selection = {c: float(np.mean(v)) if v else float("nan") for c, v in results.items()}
-    best = max(c_grid, key=lambda c: (-math.inf if math.isnan(selection[c]) else selection[c], -c))
+    best = max(c_grid, key=lambda c: (_selection_score(selection, c), -c))
     *_, (_, scaler, model) = _fit_path(x, y, multilabel, [c for c in c_grid if c <= best], seed)
     return scaler, model, best, selection
 
 
-def run_probe(data: LabelledSet, vectors: np.ndarray, plan: list[Evaluation], *, multilabel: bool,
-              c_grid: Sequence[float] = DEFAULT_C_GRID, seed: int = 0, fit_threads: int = 1) -> dict[str, Any]:
-    """Fit and score every evaluation of ``plan`` on ``vectors`` (rows of skipped clips are NaN, left out)."""
+def run_probe(data: LabelledSet, vectors: np.ndarray | Mapping[str, np.ndarray], plan: list[Evaluation], *,
+              multilabel: bool, c_grid: Sequence[float] = DEFAULT_C_GRID, seed: int = 0,
+              fit_threads: int = 1) -> dict[str, Any]:
+    """Fit and score every evaluation of ``plan`` on ``vectors`` (rows of skipped clips are NaN, left out).
+
+    ``vectors`` is one (N, dim) matrix, or readout name -> matrix: then each evaluation fits every readout
+    and keeps the one whose chosen C scores best on the selection split (the valid split or inner folds,
+    as for C; ties go to the first readout), recorded as the evaluation's ``readout``.
+    """
     from sklearn.exceptions import ConvergenceWarning
     from threadpoolctl import threadpool_limits
 
+    readouts = dict(vectors) if isinstance(vectors, Mapping) else {"": vectors}
     targets = data.targets()
-    usable = ~np.isnan(vectors).any(axis=1)
+    usable = np.logical_and.reduce([~np.isnan(matrix).any(axis=1) for matrix in readouts.values()])
     groups = data.groups()
     metric = "mAP" if multilabel else "accuracy"
     results, headline = [], {}
@@ -508,16 +521,22 @@ def run_probe(data: LabelledSet, vectors: np.ndarray, plan: list[Evaluation], *,
         for evaluation in plan:
             train = evaluation.train[usable[evaluation.train]]
             valid = None if evaluation.valid is None or not len(evaluation.valid) else evaluation.valid[usable[evaluation.valid]]
-            scaler, model, c, selection = fit_probe(
-                vectors[train], targets[train], multilabel=multilabel,
-                valid=None if valid is None else (vectors[valid], targets[valid]),
-                groups=[groups[i] for i in train], c_grid=c_grid, seed=seed,
-            )
+            fits = {
+                name: fit_probe(matrix[train], targets[train], multilabel=multilabel,
+                                valid=None if valid is None else (matrix[valid], targets[valid]),
+                                groups=[groups[i] for i in train], c_grid=c_grid, seed=seed)
+                for name, matrix in readouts.items()
+            }
+            chosen = max(fits, key=lambda name: _selection_score(fits[name][3], fits[name][2]))
+            scaler, model, c, selection = fits[chosen]
             entry: dict[str, Any] = {"name": evaluation.name, "C": c, "selection": {str(k): v for k, v in selection.items()},
                                      "train_clips": int(len(train))}
+            if len(readouts) > 1:
+                entry["readout"] = chosen
+                entry["readout_selection"] = {name: fit[3][fit[2]] for name, fit in fits.items()}
             for split, indices in evaluation.test.items():
                 kept = indices[usable[indices]]
-                scores = _scores(model, scaler.transform(vectors[kept]), len(data.classes), multilabel)
+                scores = _scores(model, scaler.transform(readouts[chosen][kept]), len(data.classes), multilabel)
                 entry[split] = classification_scores(scores, targets[kept], multilabel=multilabel, class_names=data.classes)
                 headline.setdefault(split, []).append(entry[split][metric])
             results.append(entry)
@@ -553,7 +572,28 @@ def _read_manifests(specs: Sequence[str], class_table: str | None) -> LabelledSe
 def _format_summary(name: str, result: dict[str, Any]) -> str:
     parts = [f"{split} {s['mean']:.4f} ± {s['std']:.4f}" + (f" over {len(s['values'])}" if len(s["values"]) > 1 else "")
              for split, s in result["summary"].items()]
-    return f"{name}: {result['metric']} " + "; ".join(parts)
+    chosen = [evaluation["readout"] for evaluation in result["evaluations"] if "readout" in evaluation]
+    picks = f" (readout {', '.join(f'{r} x{chosen.count(r)}' for r in dict.fromkeys(chosen))})" if chosen else ""
+    return f"{name}: {result['metric']} " + "; ".join(parts) + picks
+
+
+def _embed_readouts(spec: str, readouts: list[Readout], data: LabelledSet, args: argparse.Namespace,
+                    cache_root: Path | None) -> dict[str, EmbeddingRun]:
+    """Embed every clip once per readout of an ``--encoder`` (the log-mel statistics have one readout, ``logmel``)."""
+    runs = {}
+    for readout in readouts[:1] if spec == LOGMEL else readouts:
+        embedder = load_embedder(spec, readout, seed=args.seed, target_length=args.target_length,
+                                 window_seconds=args.window_seconds, device=args.device)
+        run = embed_set(data, embedder, EmbeddingCache(cache_root, embedder.space), args.batch_size,
+                        progress=not args.quiet)
+        name = LOGMEL if spec == LOGMEL else readout.layer
+        print(f"{spec} ({name}): embedded {run.embedded} clips in {run.seconds:.1f} s "
+              f"({run.clips_per_second:.1f} clips/s), {run.cached} from the cache, {len(run.skipped)} skipped",
+              file=sys.stderr)
+        for index, reason in list(run.skipped.items())[:10]:
+            print(f"  skipped {data.clips[index].name} (row {data.clips[index].row}): {reason}", file=sys.stderr)
+        runs[name] = run
+    return runs
 
 
 def main(args: argparse.Namespace) -> int:
@@ -564,26 +604,28 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"{data.source}: some clips have several labels; use --task multilabel")
     multilabel = args.task == "multilabel" or data.multilabel
     plan = make_plan(data, args.folds, args.seed)
-    readout = Readout(layer=args.layer, pooling=args.pooling, clip=args.clip)
+    if len(set(args.layer)) != len(args.layer):
+        raise ValueError(f"--layer lists a readout twice: {' '.join(args.layer)}")
+    readouts = [Readout(layer=layer, pooling=args.pooling, clip=args.clip) for layer in args.layer]
     cache_root = None if args.no_cache else Path(args.cache) if args.cache else default_cache_dir()
     report: dict[str, Any] = {
         "manifest": args.manifest, "clips": len(data), "classes": data.classes, "task": "multilabel" if multilabel else "single",
-        "readout": dataclasses.asdict(readout), "seed": args.seed, "encoders": [],
+        "readout": {"layers": list(args.layer), "pooling": args.pooling, "clip": args.clip},
+        "seed": args.seed, "encoders": [],
     }
     lines = []
     for spec in args.encoder:
-        embedder = load_embedder(spec, readout, seed=args.seed, target_length=args.target_length,
-                                 window_seconds=args.window_seconds, device=args.device)
-        run = embed_set(data, embedder, EmbeddingCache(cache_root, embedder.space), args.batch_size, progress=not args.quiet)
-        print(f"{spec}: embedded {run.embedded} clips in {run.seconds:.1f} s ({run.clips_per_second:.1f} clips/s), "
-              f"{run.cached} from the cache, {len(run.skipped)} skipped", file=sys.stderr)
-        for index, reason in list(run.skipped.items())[:10]:
-            print(f"  skipped {data.clips[index].name} (row {data.clips[index].row}): {reason}", file=sys.stderr)
-        result = run_probe(data, run.vectors, plan, multilabel=multilabel, c_grid=args.c_grid, seed=args.seed)
+        runs = _embed_readouts(spec, readouts, data, args, cache_root)
+        vectors = {name: run.vectors for name, run in runs.items()}
+        result = run_probe(data, vectors if len(vectors) > 1 else next(iter(vectors.values())), plan,
+                           multilabel=multilabel, c_grid=args.c_grid, seed=args.seed)
+        skipped = {index: reason for run in runs.values() for index, reason in run.skipped.items()}
         result.update({
-            "encoder": spec, "dim": int(run.vectors.shape[1]), "embedded": run.embedded, "cached": run.cached,
-            "skipped": {data.clips[i].name: reason for i, reason in run.skipped.items()},
-            "embed_seconds": run.seconds, "clips_per_second": run.clips_per_second,
+            "encoder": spec,
+            "readouts": {name: {"dim": int(run.vectors.shape[1]), "embedded": run.embedded, "cached": run.cached,
+                                "embed_seconds": run.seconds, "clips_per_second": run.clips_per_second}
+                         for name, run in runs.items()},
+            "skipped": {data.clips[i].name: reason for i, reason in skipped.items()},
         })
         report["encoders"].append(result)
         lines.append(_format_summary(spec, result) + f" (fit {result['fit_seconds']:.1f} s)")
