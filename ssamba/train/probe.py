@@ -458,9 +458,8 @@ def _headline(scores: np.ndarray, targets: np.ndarray, multilabel: bool) -> floa
     return float(average_precision_score(truth[:, present], scores[:, present], average="macro")) if present.any() else float("nan")
 
 
-def _selection_score(selection: dict[float, float], c: float) -> float:
-    """The selection score of C, NaN (no positives to score) ranked below every number."""
-    score = selection[c]
+def _ranked(score: float) -> float:
+    """A selection score for ranking: NaN (no positives to score) below every number."""
     return -math.inf if math.isnan(score) else score
 
 
@@ -491,7 +490,7 @@ def fit_probe(
         for c, scaler, model in _fit_path(x_fit, y_fit, multilabel, c_grid, seed):
             results[c].append(_headline(_scores(model, scaler.transform(x_held), y.shape[1], multilabel), y_held, multilabel))
     selection = {c: float(np.mean(v)) if v else float("nan") for c, v in results.items()}
-    best = max(c_grid, key=lambda c: (_selection_score(selection, c), -c))
+    best = max(c_grid, key=lambda c: (_ranked(selection[c]), -c))
     *_, (_, scaler, model) = _fit_path(x, y, multilabel, [c for c in c_grid if c <= best], seed)
     return scaler, model, best, selection
 
@@ -527,13 +526,14 @@ def run_probe(data: LabelledSet, vectors: np.ndarray | Mapping[str, np.ndarray],
                                 groups=[groups[i] for i in train], c_grid=c_grid, seed=seed)
                 for name, matrix in readouts.items()
             }
-            chosen = max(fits, key=lambda name: _selection_score(fits[name][3], fits[name][2]))
+            won = {name: selection[c] for name, (_, _, c, selection) in fits.items()}  # each readout's best C's score
+            chosen = max(won, key=lambda name: _ranked(won[name]))
             scaler, model, c, selection = fits[chosen]
             entry: dict[str, Any] = {"name": evaluation.name, "C": c, "selection": {str(k): v for k, v in selection.items()},
                                      "train_clips": int(len(train))}
             if len(readouts) > 1:
                 entry["readout"] = chosen
-                entry["readout_selection"] = {name: fit[3][fit[2]] for name, fit in fits.items()}
+                entry["readout_selection"] = won
             for split, indices in evaluation.test.items():
                 kept = indices[usable[indices]]
                 scores = _scores(model, scaler.transform(readouts[chosen][kept]), len(data.classes), multilabel)
@@ -616,8 +616,7 @@ def main(args: argparse.Namespace) -> int:
     lines = []
     for spec in args.encoder:
         runs = _embed_readouts(spec, readouts, data, args, cache_root)
-        vectors = {name: run.vectors for name, run in runs.items()}
-        result = run_probe(data, vectors if len(vectors) > 1 else next(iter(vectors.values())), plan,
+        result = run_probe(data, {name: run.vectors for name, run in runs.items()}, plan,
                            multilabel=multilabel, c_grid=args.c_grid, seed=args.seed)
         skipped = {index: reason for run in runs.values() for index, reason in run.skipped.items()}
         result.update({
